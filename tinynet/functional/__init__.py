@@ -1,0 +1,28 @@
+"""Pure forward/backward pairs: arrays in, arrays out, no state.
+
+Each operation comes as a pair named alike: ``*_forward(...) -> (y, cache)`` and
+``*_backward(dy, cache) -> gradients``. The modules in :mod:`tinynet.nn` own the weights and call
+these; a learner can read one file here to see one operation's whole math.
+"""
+
+from .activation import relu_backward, relu_forward
+from .conv import conv2d_backward, conv2d_forward
+from .linear import linear_backward, linear_forward
+from .loss import cross_entropy_backward, cross_entropy_forward
+from .pooling import maxpool2d_backward, maxpool2d_forward
+from .shape import flatten_backward, flatten_forward
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "linear_forward",
+    "linear_backward",
+    "relu_forward",
+    "relu_backward",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "flatten_forward",
+    "flatten_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+]

@@ -1,0 +1,61 @@
+"""Stochastic gradient descent, with PyTorch's exact update rule."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .optimizer import Optimizer
+
+
+class SGD(Optimizer):
+    r"""Step every weight against its gradient: the gradient points uphill, so we go the other way.
+
+    For each parameter w with gradient g (PyTorch's rule, step t):
+
+        g = g + weight_decay * w                             (if weight_decay != 0)
+        b = g                              at t = 1          (momentum buffer)
+        b = momentum * b + (1 - dampening) * g  after that
+        g = g + momentum * b  if nesterov else  b            (if momentum != 0)
+        w = w - lr * g
+
+    Args:
+        params: ``model.parameters()`` (or a list of dicts for parameter groups).
+        lr: learning rate (step size).
+        momentum: momentum factor. Default: 0.
+        dampening: dampening of the momentum. Default: 0.
+        weight_decay: L2 penalty. Default: 0.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0). Default: False.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if not value >= 0.0:
+                raise ValueError(f"SGD: {name} must be >= 0, got {value}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=bool(nesterov)))
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient (parameters with ``grad is None`` are skipped)."""
+        for group in self.param_groups:
+            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+            weight_decay, nesterov = group["weight_decay"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if weight_decay != 0:
+                    g = g + weight_decay * p.data
+                if momentum != 0:
+                    state = self.state.setdefault(id(p), {})
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = g.copy()
+                    else:
+                        buf *= momentum
+                        buf += (1 - dampening) * g
+                    g = g + momentum * buf if nesterov else buf
+                # w <- w - lr * g, in place
+                p.data -= lr * g
