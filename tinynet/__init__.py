@@ -5,7 +5,7 @@ on the CPU and CuPy on a GPU. Start with ``tinynet.nn`` (layers and operations),
 ``tinynet.functional`` (their math), ``tinynet.optim`` (SGD) and ``tinynet.gradcheck``.
 """
 
-from . import backend, functional, nn, optim
+from . import backend, data, functional, nn, optim
 from .backend import (
     DeviceError,
     float32,
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "backend",
+    "data",
     "functional",
     "nn",
     "optim",
