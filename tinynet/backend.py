@@ -48,7 +48,9 @@ def normalize_device(device: Any) -> str:
     name = str(device).strip().lower()
     if name.startswith("cuda:"):
         if name[5:] not in ("0", ""):
-            raise DeviceError(f"tinynet uses one GPU: got device {device!r}, use 'cuda' or 'cuda:0'")
+            raise DeviceError(
+                f"tinynet uses one GPU: got device {device!r}, use 'cuda' or 'cuda:0'"
+            )
         name = "cuda"
     if name not in DEVICES:
         raise DeviceError(
@@ -77,7 +79,7 @@ def set_default_device(device: str) -> None:
 # Dtypes
 # ----------------------------------------------------------------------------------------------
 def normalize_dtype(dtype: Any) -> np.dtype:
-    """float32 or float64 (also accepts the strings 'float32'/'float64'); anything else: TypeError."""
+    """float32 or float64 (or the strings 'float32'/'float64'); anything else: TypeError."""
     if dtype is None:
         return _default_dtype
     dt = np.dtype(dtype)
@@ -129,11 +131,39 @@ class Backend:
         """A strided view of ``x`` (no copy): the trick behind im2col and pooling windows."""
         return self.xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
 
+    def scatter_add(self, target: Any, indices: Any, values: Any) -> None:
+        """``target[indices] += values`` in place, where repeated indices ADD up (a scatter).
+
+        Plain ``target[idx] += v`` keeps only one of several writes to the same index; the
+        unbuffered version is ``np.add.at`` on the CPU and ``cupyx.scatter_add`` on the GPU.
+        """
+        if self.device == "cuda":
+            import cupyx
+
+            cupyx.scatter_add(target, indices, values)
+        else:
+            self.xp.add.at(target, indices, values)
+
     def rng(self) -> Any:
-        """This device's random generator (for dropout masks, shuffling on device, ...)."""
+        """This device's random generator (for dropout masks, shuffling on device, ...).
+
+        CuPy's generator has fewer methods than NumPy's (no ``permutation``, ``choice``,
+        ``shuffle``): call :meth:`random` and :meth:`permutation`, which work on both.
+        """
         if self._rng is None:
             self._rng = self._make_rng(_seed_for(self.device))
         return self._rng
+
+    def random(self, shape: Any, dtype: Any = None) -> Any:
+        """Uniform numbers in [0, 1) of ``shape``, drawn on this device (e.g. dropout masks)."""
+        return self.rng().random(shape, dtype=normalize_dtype(dtype))
+
+    def permutation(self, n: int) -> Any:
+        """A random order of ``0..n-1`` (int64) on this device, from this device's generator."""
+        if self.device == "cpu":
+            return self.rng().permutation(int(n))
+        # CuPy's Generator has no permutation(): sorting n uniform keys gives a uniform shuffle
+        return self.xp.argsort(self.rng().random(int(n), dtype=float64))
 
     def _make_rng(self, seed: int | None) -> Any:
         if self.device == "cpu":
@@ -147,6 +177,250 @@ class Backend:
         """Wait until queued device work is done (a no-op on the CPU); needed for honest timing."""
         if self.device == "cuda":
             self.xp.cuda.get_current_stream().synchronize()
+
+    # -- hot spots: one fused GPU kernel each, the generic xp code everywhere else -------------
+    # Each method below has a generic version written once against xp (the reference, and what
+    # runs on the CPU) and, on 'cuda', one fused CuPy kernel doing the same math in a single
+    # launch. A GPU finishes a small elementwise step in microseconds, so what the generic code
+    # pays there is the number of kernel launches and temporary arrays; fusing removes both.
+    # Set ``backend.fused = False`` to run the generic code on the GPU too (the tests compare).
+    fused = True
+
+    def _use_fused(self) -> bool:
+        return self.device == "cuda" and self.fused
+
+    def sgd_update(self, param: Any, grad: Any, buf: Any, lr: float, momentum: float = 0.0,
+                   dampening: float = 0.0, weight_decay: float = 0.0,
+                   nesterov: bool = False) -> Any:
+        """One SGD step for one parameter, in place (PyTorch's rule, as :class:`tinynet.optim.SGD`).
+
+        Args:
+            param: the weights, updated in place.
+            grad: dL/dparam (not modified).
+            buf: the momentum buffer from the previous step, or None at the first step.
+            lr, momentum, dampening, weight_decay, nesterov: the hyperparameters (Python numbers).
+
+        Returns:
+            The momentum buffer to keep for the next step (None when ``momentum == 0``).
+
+        On the CPU this is four or five array operations; on 'cuda' one fused kernel that reads
+        param, grad and buf once and writes param and buf once.
+        """
+        lr, momentum, dampening, weight_decay = (float(v) for v in (lr, momentum, dampening,
+                                                                     weight_decay))
+        if not self._use_fused():
+            return sgd_update_generic(param, grad, buf, lr, momentum, dampening, weight_decay,
+                                      nesterov)
+        k = _cuda_kernels()
+        if momentum == 0:
+            k["sgd"](grad, lr, weight_decay, param)
+            return None
+        first = buf is None
+        if first:
+            buf = self.xp.empty_like(param)
+        k["sgd_momentum"](grad, lr, momentum, dampening, weight_decay, bool(nesterov), first,
+                          param, buf)
+        return buf
+
+    def maxpool2d_route(self, dy: Any, argmax: Any, x_shape: tuple, kernel: tuple, stride: tuple,
+                        padding: tuple) -> Any:
+        """Max-pool backward: send each window's dL/dy to the input that won the window.
+
+        Args:
+            dy: dL/dy, (N, C, H_out, W_out).
+            argmax: (N, C, H_out, W_out), the winner's flat index ``u*kw + v`` in its window.
+            x_shape: (N, C, H, W); kernel, stride, padding: pairs (height, width).
+
+        Returns:
+            dx of shape (N, C, H, W). Overlapping windows (stride < kernel) add up.
+
+        Generic: kh*kw strided adds. On 'cuda': one kernel, one thread per input pixel, which
+        gathers from the (at most ceil(kh/sh) * ceil(kw/sw)) windows covering it.
+        """
+        if not self._use_fused():
+            return maxpool2d_route_generic(dy, argmax, x_shape, kernel, stride, padding)
+        N, C, H, W = x_shape
+        ho, wo = dy.shape[2:]
+        dx = self.xp.empty((N, C, H, W), dtype=dy.dtype)
+        _cuda_kernels()["maxpool_route"](
+            self.xp.ascontiguousarray(dy), self.xp.ascontiguousarray(argmax, dtype=np.int64),
+            H, W, ho, wo, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], dx,
+        )
+        return dx
+
+    def col2im(self, dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple,
+               padding: tuple) -> Any:
+        """Convolution backward for the input: add every window's gradient back where it came from.
+
+        Args:
+            dcols: (N, H_out, W_out, C, kh, kw), dL/d(window) for every output pixel.
+            x_shape: (N, C, H, W) of the unpadded input; kernel, stride, padding: pairs.
+
+        Returns:
+            dx of shape (N, C, H, W): ``dx[n, c, h, w] = sum of dcols[n, i, j, c, u, v]`` over the
+            windows (i, j) and offsets (u, v) with ``i*s_h + u - p_h = h`` and
+            ``j*s_w + v - p_w = w``.
+
+        Generic: kh*kw strided adds (25 for a 5x5 kernel). On 'cuda': one gather kernel.
+        """
+        if not self._use_fused():
+            return col2im_generic(dcols, x_shape, kernel, stride, padding)
+        N, C, H, W = x_shape
+        ho, wo = dcols.shape[1:3]
+        dx = self.xp.empty((N, C, H, W), dtype=dcols.dtype)
+        _cuda_kernels()["col2im"](
+            self.xp.ascontiguousarray(dcols), C, H, W, ho, wo, kernel[0], kernel[1], stride[0],
+            stride[1], padding[0], padding[1], dx,
+        )
+        return dx
+
+
+# ----------------------------------------------------------------------------------------------
+# The generic versions of the fused kernels (the oracle for the GPU kernels; the CPU path)
+# ----------------------------------------------------------------------------------------------
+def sgd_update_generic(param: Any, grad: Any, buf: Any, lr: float, momentum: float = 0.0,
+                       dampening: float = 0.0, weight_decay: float = 0.0,
+                       nesterov: bool = False) -> Any:
+    """:meth:`Backend.sgd_update` written with array operations (any backend)."""
+    g = grad
+    if weight_decay != 0:
+        g = g + weight_decay * param  # L2 penalty: d/dw (wd/2 * |w|^2) = wd * w
+    if momentum != 0:
+        if buf is None:
+            buf = g.copy()  # b_1 = g_1
+        else:
+            buf *= momentum  # b_t = momentum * b_{t-1} + (1 - dampening) * g_t
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    else:
+        buf = None
+    param -= lr * g  # w <- w - lr * g
+    return buf
+
+
+def maxpool2d_route_generic(dy: Any, argmax: Any, x_shape: tuple, kernel: tuple, stride: tuple,
+                            padding: tuple) -> Any:
+    """:meth:`Backend.maxpool2d_route` written with array operations (any backend)."""
+    xp = backend_of(dy).xp
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = dy.shape[2:]
+    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            # the inputs at kernel offset (u, v) of every window form one strided slice
+            dx_pad[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dy * (argmax == u * kw + v)
+    dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
+    return xp.ascontiguousarray(dx) if (ph or pw) else dx
+
+
+def col2im_generic(dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple,
+                   padding: tuple) -> Any:
+    """:meth:`Backend.col2im` written with array operations (any backend)."""
+    xp = backend_of(dcols).xp
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = dcols.shape[1:3]
+    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dcols.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            # windows never collide inside one kernel offset's strided slice
+            dx_pad[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dcols[
+                :, :, :, :, u, v
+            ].transpose(0, 3, 1, 2)
+    dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
+    return xp.ascontiguousarray(dx) if (ph or pw) else dx
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused CuPy kernels (compiled on first use; the C body is the same math as the generic code)
+# ----------------------------------------------------------------------------------------------
+# For the pixel at padded row hp, the windows covering it are those rows i with
+# i*s <= hp < i*s + k, i.e. i from (hp < k ? 0 : (hp - k) / s + 1) to min(hp / s, H_out - 1).
+# Looping u = hp - i*s upward and v likewise adds the terms in the generic code's order.
+_GATHER_WINDOWS = """
+    const ptrdiff_t w = i % W;
+    const ptrdiff_t h = (i / W) % H;
+    const int hp = (int)h + ph, wp = (int)w + pw;      // position in the padded input
+    const int i_lo = hp < kh ? 0 : (hp - kh) / sh + 1;
+    const int i_hi = min(hp / sh, Ho - 1);
+    const int j_lo = wp < kw ? 0 : (wp - kw) / sw + 1;
+    const int j_hi = min(wp / sw, Wo - 1);
+    T acc = 0;
+    for (int oi = i_hi; oi >= i_lo; --oi) {
+        const int u = hp - oi * sh;
+        for (int oj = j_hi; oj >= j_lo; --oj) {
+            const int v = wp - oj * sw;
+            ADD_TERM
+        }
+    }
+    dx = acc;
+"""
+
+_KERNEL_SOURCES = {
+    # name: (in_params, out_params, body)
+    "sgd": (
+        "T grad, float64 lr, float64 wd",
+        "T w",
+        """
+        T g = grad;
+        if (wd != 0) g = g + (T)wd * w;
+        w = w - (T)lr * g;
+        """,
+    ),
+    "sgd_momentum": (
+        "T grad, float64 lr, float64 momentum, float64 dampening, float64 wd, bool nesterov, "
+        "bool first",
+        "T w, T buf",
+        """
+        T g = grad;
+        if (wd != 0) g = g + (T)wd * w;
+        T b = first ? g : (T)momentum * buf + (T)(1.0 - dampening) * g;
+        buf = b;
+        g = nesterov ? g + (T)momentum * b : b;
+        w = w - (T)lr * g;
+        """,
+    ),
+    "maxpool_route": (
+        "raw T dy, raw int64 argmax, int32 H, int32 W, int32 Ho, int32 Wo, int32 kh, int32 kw, "
+        "int32 sh, int32 sw, int32 ph, int32 pw",
+        "T dx",
+        "const ptrdiff_t nc = i / ((ptrdiff_t)W * H);"
+        + _GATHER_WINDOWS.replace(
+            "ADD_TERM",
+            """const ptrdiff_t o = (nc * Ho + oi) * Wo + oj;
+            if (argmax[o] == u * kw + v) acc += dy[o];""",
+        ),
+    ),
+    "col2im": (
+        "raw T dcols, int32 C, int32 H, int32 W, int32 Ho, int32 Wo, int32 kh, int32 kw, "
+        "int32 sh, int32 sw, int32 ph, int32 pw",
+        "T dx",
+        """
+        const ptrdiff_t c = (i / ((ptrdiff_t)W * H)) % C;
+        const ptrdiff_t n = i / ((ptrdiff_t)W * H * C);
+        """
+        + _GATHER_WINDOWS.replace(
+            "ADD_TERM",
+            # dcols[n, oi, oj, c, u, v] in a contiguous (N, Ho, Wo, C, kh, kw) array
+            "acc += dcols[((((n * Ho + oi) * Wo + oj) * C + c) * kh + u) * kw + v];",
+        ),
+    ),
+}
+
+_cuda_kernel_cache: dict[str, Any] = {}
+
+
+def _cuda_kernels() -> dict[str, Any]:
+    """The fused kernels as ``cupy.ElementwiseKernel`` objects (built once, compiled lazily)."""
+    if not _cuda_kernel_cache:
+        import cupy
+
+        for name, (in_params, out_params, body) in _KERNEL_SOURCES.items():
+            _cuda_kernel_cache[name] = cupy.ElementwiseKernel(
+                in_params, out_params, body, f"tinynet_{name}"
+            )
+    return _cuda_kernel_cache
 
 
 _backends: dict[str, Backend] = {}
@@ -256,7 +530,7 @@ _host_rng = np.random.default_rng()
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every random generator tinynet uses (initialisation, dropout, shuffling) on all devices."""
+    """Seed every generator tinynet uses (initialisation, dropout, shuffling) on all devices."""
     global _host_rng, _seed
     seed = int(seed)
     _seed = seed

@@ -87,7 +87,7 @@ def gradcheck(
 
     y = run_forward()
     xp = B.xp_of(y)
-    g = B.backend_of(y).asarray(rng.standard_normal(np.shape(y)), dtype=B.float64)
+    g = B.backend_of(y).asarray(rng.standard_normal(tuple(y.shape)), dtype=B.float64)
     grads = run_backward(y, g)
     if not isinstance(grads, (tuple, list)):
         grads = (grads,)
