@@ -4,6 +4,9 @@
     dL/dx = dL/dy * [x > 0]             (the gradient passes where the input was positive)
 
 The cache is the boolean mask [x > 0], one byte per element.
+
+Speed: the output, the mask and the gradient are written into recycled buffers (``out=``) rather
+than fresh arrays: on the CPU a fresh multi-megabyte array costs page faults (see ``_recycle.py``).
 """
 
 from __future__ import annotations
@@ -11,15 +14,21 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import backend_of
+from ._recycle import scratch
 
 
 def relu_forward(x: Any):
-    """``max(x, 0)`` elementwise. Returns ``(y, mask)``."""
+    """``y = max(x, 0)`` elementwise (any shape). Returns ``(y, mask)`` with ``mask = [x > 0]``.
+
+    **Backward:** :func:`relu_backward`, ``dL/dx = dL/dy * mask``.
+    """
     xp = backend_of(x).xp
-    mask = x > 0
-    return xp.maximum(x, 0), mask
+    mask = xp.greater(x, 0, out=scratch(xp, "relu.mask", x.shape, xp.bool_))
+    y = xp.maximum(x, 0, out=scratch(xp, "relu.y", x.shape, x.dtype))
+    return y, mask
 
 
 def relu_backward(dy: Any, mask: Any):
     """``dL/dx = dL/dy * mask``: zero where the input was not positive."""
-    return dy * mask
+    xp = backend_of(dy).xp
+    return xp.multiply(dy, mask, out=scratch(xp, "relu.dx", dy.shape, dy.dtype))

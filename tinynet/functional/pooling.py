@@ -11,12 +11,15 @@ Backward:
     maximum in row-major window order when several tie, as PyTorch does), zero elsewhere.
     Windows may overlap (stride < kernel), so an input that wins several windows collects the sum.
 
-Tricks:
-    * The windows are a strided view of the input (no copy), reshaped to (N, C, H_out, W_out, kh*kw)
-      so one ``argmax`` over the last axis finds every window's winner at once.
-    * For the backward pass we keep only that argmax (the "routing" index). For each of the kh*kw
-      kernel offsets, the inputs that offset touches form one strided slice of dx; adding
-      ``dy * (argmax == offset)`` to it routes the gradient without a scatter (np.add.at).
+Tricks (kh*kw whole-array steps instead of a loop over windows, and no copy of the windows):
+    * For one kernel offset (u, v), the cells that offset picks from every window form one strided
+      slice of the input, x_pad[:, :, u::s_h, v::s_w], shaped like y. So y is the running maximum
+      of kh*kw such slices, and the winner's index ("argmax", u*kw + v, kept for backward) is found
+      by walking the offsets from last to first and taking every offset that equals the maximum:
+      the first one in row-major order is taken last, so it wins ties, as in PyTorch.
+    * Backward routes dy through the same slices: dx[slice of offset k] gets dy * (argmax == k).
+      When the windows do not overlap (stride >= kernel), each input cell is in at most one window,
+      so the slices are assigned instead of added (no scatter such as np.add.at, no read-back).
 """
 
 from __future__ import annotations
@@ -25,50 +28,98 @@ from typing import Any, NamedTuple
 
 from .._utils import conv_output_size, pair
 from ..backend import backend_of
-from .conv import pad2d, window_view
+from ._recycle import scratch
+from .conv import pad2d
 
 
 class MaxPoolCache(NamedTuple):
     """What maxpool2d_backward needs: which cell of each window won (its flat index u*kw + v)."""
 
-    argmax: Any  # (N, C, H_out, W_out) integers in [0, kh*kw)
+    argmax: Any  # (N, C, H_out, W_out) integers in [0, kh*kw) (int8, or int32 for huge windows)
     x_shape: tuple
     kernel: tuple
     stride: tuple
     padding: tuple
 
 
+def _offset_slice(a: Any, u: int, v: int, stride: tuple, out_hw: tuple) -> Any:
+    """``a[:, :, u + i*s_h, v + j*s_w]`` for all output positions (i, j): a strided view, like y."""
+    (sh, sw), (ho, wo) = stride, out_hw
+    return a[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw]
+
+
 def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0):
     """Max pooling over kh x kw windows; ``stride`` defaults to the kernel size.
 
-    Returns ``(y, cache)`` with y of shape (N, C, H_out, W_out).
+    ``y[n, c, i, j] = max_{u, v} x_pad[n, c, i*s_h + u, j*s_w + v]``
+
+    Args:
+        x: input batch (N, C, H, W).
+        kernel_size: window (int or pair). stride: int or pair (default: the kernel size).
+        padding: int or pair, at most half the kernel (padded cells are -inf).
+
+    Returns:
+        ``(y, cache)`` with y of shape (N, C, H_out, W_out),
+        ``H_out = floor((H + 2*p_h - kh) / s_h) + 1`` (W likewise); the cache keeps the argmax.
+
+    Backward: see :func:`maxpool2d_backward`.
     """
     xp = backend_of(x).xp
     kernel = pair(kernel_size, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
     padding = pair(padding, "padding")
     N, C, H, W = x.shape
-    ho = conv_output_size(H, kernel[0], stride[0], padding[0])
-    wo = conv_output_size(W, kernel[1], stride[1], padding[1])
+    kh, kw = kernel
+    ho = conv_output_size(H, kh, stride[0], padding[0])
+    wo = conv_output_size(W, kw, stride[1], padding[1])
 
-    x_pad = xp.ascontiguousarray(pad2d(x, padding, value=-xp.inf))
-    # (N, H_out, W_out, C, kh, kw) view -> (N, C, H_out, W_out, kh*kw) with one copy
-    windows = window_view(x_pad, kernel, stride, (ho, wo)).transpose(0, 3, 1, 2, 4, 5)
-    windows = windows.reshape(N, C, ho, wo, kernel[0] * kernel[1])
-    argmax = windows.argmax(axis=-1)  # first maximum on ties
-    y = xp.take_along_axis(windows, argmax[..., None], axis=-1)[..., 0]
+    x_pad = pad2d(x, padding, value=-float("inf"))
+    offsets = [(u, v) for u in range(kh) for v in range(kw)]
+    # y = running maximum over the kh*kw offset slices (views of x_pad, nothing copied)
+    y = scratch(xp, "maxpool.y", (N, C, ho, wo), x.dtype)
+    y[...] = _offset_slice(x_pad, 0, 0, stride, (ho, wo))
+    for u, v in offsets[1:]:
+        xp.maximum(y, _offset_slice(x_pad, u, v, stride, (ho, wo)), out=y)
+    # argmax = the first offset (row-major) whose cell equals the maximum: walk backwards
+    dtype = xp.int8 if kh * kw <= 127 else xp.int32
+    argmax = scratch(xp, "maxpool.argmax", y.shape, dtype)
+    argmax.fill(kh * kw - 1)
+    won = scratch(xp, "maxpool.won", y.shape, xp.bool_)
+    for k in range(kh * kw - 2, -1, -1):
+        u, v = offsets[k]
+        xp.equal(_offset_slice(x_pad, u, v, stride, (ho, wo)), y, out=won)
+        xp.copyto(argmax, dtype(k), where=won)
     return y, MaxPoolCache(argmax, x.shape, kernel, stride, padding)
 
 
 def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
-    """Route dL/dy to the winning input of each window. Returns dx of shape (N, C, H, W)."""
+    """Route dL/dy to the winning input of each window.
+
+    **Backward:** ``dx[n, c, i*s_h + u - p_h, j*s_w + v - p_w] += dy[n, c, i, j]`` for the winning
+    offset ``u*kw + v = argmax[n, c, i, j]``; every other input gets zero.
+
+    Returns:
+        dx of shape (N, C, H, W).
+    """
     xp = backend_of(dy).xp
     argmax, (N, C, H, W), (kh, kw), (sh, sw), (ph, pw) = cache
     ho, wo = dy.shape[2:]
-    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
+    hp, wp = H + 2 * ph, W + 2 * pw
+    overlap = sh < kh or sw < kw
+    # windows that tile the input exactly write every cell once: no zero-fill needed
+    tiles = (sh, sw) == (kh, kw) and (hp, wp) == (ho * kh, wo * kw)
+    dx_pad = scratch(xp, "maxpool.dx", (N, C, hp, wp), dy.dtype, zero=not tiles)
+    won = scratch(xp, "maxpool.won", dy.shape, xp.bool_)
+    routed = scratch(xp, "maxpool.routed", dy.shape, dy.dtype)
     for u in range(kh):
         for v in range(kw):
-            # inputs at kernel offset (u, v) of every window: one strided slice
-            dx_pad[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dy * (argmax == u * kw + v)
+            # inputs at kernel offset (u, v) of every window: one strided slice, shaped like dy
+            xp.equal(argmax, u * kw + v, out=won)
+            xp.multiply(dy, won, out=routed)
+            target = _offset_slice(dx_pad, u, v, (sh, sw), (ho, wo))
+            if overlap:
+                target += routed  # a cell in several windows collects from each
+            else:
+                target[...] = routed
     dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
     return xp.ascontiguousarray(dx) if (ph or pw) else dx

@@ -1,0 +1,138 @@
+"""Shared helpers of the benchmarks: data, threads, machine description, tables, JSON output.
+
+Host-side code (it may import NumPy): nothing here is a tinynet layer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel mean and std (as tinynet.data uses)
+
+
+def set_threads(n: int) -> Any:
+    """Limit BLAS/OpenMP pools to ``n`` threads (threadpoolctl); returns the limiter to keep alive."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n)
+
+
+def load_fashion_mnist(train: bool, sample: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 1, 28, 28) and int64 labels (N,) of the real data (or tinynet's sample)."""
+    from tinynet.data import FashionMNIST
+
+    ds = FashionMNIST(train=train, sample=sample, download=False)
+    return np.ascontiguousarray(ds.images), np.asarray(ds.labels, dtype=np.int64)
+
+
+def normalise(images_u8: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 ``(x / 255 - mean) / std``, exactly as tinynet.data.DataLoader does."""
+    x = images_u8.astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.float32(MEAN)
+    x /= np.float32(STD)
+    return x
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 5) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict:
+    """CPU, cores, BLAS (from threadpoolctl), versions, date: what a result depends on."""
+    from threadpoolctl import threadpool_info
+
+    import tinynet
+
+    info = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "tinynet": tinynet.__version__,
+        "blas": [
+            {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for p in threadpool_info()
+        ],
+        "env": {k: v for k, v in os.environ.items()
+                if k.startswith(("OPENBLAS", "OMP_", "MKL_"))},
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table; floats are shown with 3 significant digits."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(name: str, data: dict, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``data`` to ``<out_dir or benchmarks/results>/<name>.json`` (atomically)."""
+    folder = Path(out_dir) if out_dir is not None else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,212 @@
+"""Training speed of the course network: tinynet (NumPy) vs PyTorch (CPU), side by side.
+
+Both frameworks train the same network (conv 1->6 k5, ReLU, maxpool 2; conv 6->12 k5, ReLU,
+maxpool 2; Flatten; Linear 192->120->60->10) with SGD(lr=0.01, momentum=0.9) and cross-entropy,
+on the same batches: one permutation of the real Fashion-MNIST training images, cut into batches,
+normalised the same way. Each framework and batch size runs in its own subprocess, so the peak
+resident memory (RSS) of each is measured honestly; both use the same number of threads.
+
+Reported per run: epoch time, images/s, the time to evaluate the 10,000 test images (batches of
+1000, no gradients), test accuracy after the epoch (a sanity check) and peak RSS.
+
+    python benchmarks/bench_train.py                   # full epoch at batch 16, 64, 256
+    python benchmarks/bench_train.py --quick           # a few batches: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+EVAL_BATCH = 1000
+WARMUP = 3  # untimed steps on a copy of the model before the timed epoch
+
+
+def _batches(n: int, batch_size: int, seed: int, max_batches: int | None) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    idx = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    return idx if max_batches is None else idx[:max_batches]
+
+
+def run_tinynet(args) -> dict:
+    import tinynet
+    from tinynet import nn
+
+    xtr, ytr = C.load_fashion_mnist(True, args.sample)
+    xte, yte = C.load_fashion_mnist(False, args.sample)
+    tinynet.manual_seed(args.seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 12, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(192, 120), nn.ReLU(), nn.Linear(120, 60), nn.ReLU(),
+        nn.Linear(60, 10),
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = _batches(len(ytr), args.batch_size, args.seed, args.max_batches)
+    warm = model.copy()  # warm-up steps on a throwaway copy: first-call costs are not timed
+    for idx in batches[:WARMUP]:
+        loss_fn(warm(C.normalise(xtr[idx])), ytr[idx])
+        warm.backward(loss_fn.backward())
+    del warm
+
+    t0 = time.perf_counter()
+    for idx in batches:
+        x, y = C.normalise(xtr[idx]), ytr[idx]
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        model.backward(loss_fn.backward())
+        opt.step()
+    train_s = time.perf_counter() - t0
+
+    model.eval()
+    correct = 0
+    t0 = time.perf_counter()
+    with tinynet.no_grad():
+        for i in range(0, len(yte), EVAL_BATCH):
+            logits = model(C.normalise(xte[i : i + EVAL_BATCH]))
+            correct += int((logits.argmax(axis=1) == yte[i : i + EVAL_BATCH]).sum())
+    eval_s = time.perf_counter() - t0
+    return dict(train_s=train_s, images=sum(len(b) for b in batches), eval_s=eval_s,
+                accuracy=correct / len(yte), loss=float(loss))
+
+
+def run_torch(args) -> dict:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(args.threads)
+    xtr, ytr = C.load_fashion_mnist(True, args.sample)
+    xte, yte = C.load_fashion_mnist(False, args.sample)
+    torch.manual_seed(args.seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 12, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(192, 120), nn.ReLU(), nn.Linear(120, 60), nn.ReLU(),
+        nn.Linear(60, 10),
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = _batches(len(ytr), args.batch_size, args.seed, args.max_batches)
+    warm = copy.deepcopy(model)  # warm-up steps on a throwaway copy: first-call costs not timed
+    for idx in batches[:WARMUP]:
+        loss_fn(warm(torch.from_numpy(C.normalise(xtr[idx]))), torch.from_numpy(ytr[idx])).backward()
+    del warm
+
+    t0 = time.perf_counter()
+    for idx in batches:
+        x, y = torch.from_numpy(C.normalise(xtr[idx])), torch.from_numpy(ytr[idx])
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    train_s = time.perf_counter() - t0
+
+    model.eval()
+    correct = 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(yte), EVAL_BATCH):
+            logits = model(torch.from_numpy(C.normalise(xte[i : i + EVAL_BATCH])))
+            correct += int((logits.argmax(dim=1).numpy() == yte[i : i + EVAL_BATCH]).sum())
+    eval_s = time.perf_counter() - t0
+    return dict(train_s=train_s, images=sum(len(b) for b in batches), eval_s=eval_s,
+                accuracy=correct / len(yte), loss=float(loss))
+
+
+def worker(args) -> int:
+    limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
+    result = run_tinynet(args) if args.worker == "tinynet" else run_torch(args)
+    result["peak_rss_mb"] = C.peak_rss_mb()
+    print(json.dumps(result))
+    return 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
+    p.add_argument("--max-batches", type=int, default=None,
+                   help="train on this many batches instead of a full epoch")
+    p.add_argument("--threads", type=int, default=2, help="threads for BLAS and PyTorch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frameworks", nargs="+", default=["tinynet", "torch"],
+                   choices=["tinynet", "torch"])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 20 batches per run, batch 64 only")
+    p.add_argument("--sample", action="store_true",
+                   help="use tinynet's shipped sample instead of the full data set")
+    p.add_argument("--out-dir", default=None, help="folder for the JSON (default benchmarks/results)")
+    p.add_argument("--name", default=None, help="JSON file name (default bench_train[_quick])")
+    p.add_argument("--worker", choices=["tinynet", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_sizes = [64]
+        args.max_batches = args.max_batches or 20
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    frameworks = [f for f in args.frameworks if f != "torch" or C.torch_available()]
+    if "torch" in args.frameworks and "torch" not in frameworks:
+        print("PyTorch is not installed: timing tinynet alone", file=sys.stderr)
+    runs = []
+    for bs in args.batch_sizes:
+        for fw in frameworks:
+            cmd = [sys.executable, __file__, "--worker", fw, "--batch-size", str(bs),
+                   "--threads", str(args.threads), "--seed", str(args.seed)]
+            if args.max_batches is not None:
+                cmd += ["--max-batches", str(args.max_batches)]
+            if args.sample:
+                cmd.append("--sample")
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            r.update(framework=fw, batch_size=bs, images_per_s=r["images"] / r["train_s"])
+            # the time of a full 60,000-image epoch (measured directly when max_batches is None)
+            r["epoch_s"] = r["train_s"] * 60000 / r["images"]
+            runs.append(r)
+            print(f"  {fw:8s} batch {bs:4d}: {r['train_s']:.2f} s for {r['images']} images, "
+                  f"eval {r['eval_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+
+    rows = []
+    for bs in args.batch_sizes:
+        by = {r["framework"]: r for r in runs if r["batch_size"] == bs}
+        t, p = by.get("tinynet"), by.get("torch")
+        for fw, r in by.items():
+            rows.append([fw, bs, r["epoch_s"], r["images_per_s"], r["eval_s"], r["peak_rss_mb"],
+                         r["accuracy"], None, None])
+        if t and p:
+            rows.append(["**tinynet / torch**", bs, t["epoch_s"] / p["epoch_s"], None,
+                         t["eval_s"] / p["eval_s"], t["peak_rss_mb"] / p["peak_rss_mb"], None,
+                         None, None])
+    header = ["framework", "batch", "epoch s", "images/s", "eval 10k s", "peak RSS MB",
+              "test acc", "", ""]
+    table = C.markdown_table(header[:7], [r[:7] for r in rows])
+    machine = C.machine_info(args.threads)
+    scope = "full epoch" if args.max_batches is None else f"{args.max_batches} batches, epoch extrapolated"
+    print(f"\nCourse network, {scope}, {args.threads} threads, {machine['cpu']}\n")
+    print(table)
+    name = args.name or ("bench_train_quick" if args.quick else "bench_train")
+    path = C.write_json(name, {"machine": machine, "settings": {
+        "batch_sizes": args.batch_sizes, "max_batches": args.max_batches, "threads": args.threads,
+        "seed": args.seed, "sample": args.sample, "eval_batch": EVAL_BATCH}, "runs": runs,
+        "table": table}, args.out_dir)
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

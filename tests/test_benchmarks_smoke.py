@@ -1,0 +1,43 @@
+"""The benchmarks run end to end in --quick mode (a few seconds) and write their JSON and table.
+
+These are not timing tests: they only check that the scripts work and report what they promise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, tmp_path: Path, *extra: str) -> dict:
+    cmd = [sys.executable, str(BENCH / script), "--quick", "--out-dir", str(tmp_path), *extra]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "| framework" in out or "| layer" in out, out
+    (path,) = tmp_path.glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_bench_layers_quick(tmp_path):
+    data = _run("bench_layers.py", tmp_path)
+    names = [r["layer"] for r in data["layers"]]
+    assert names[0].startswith("conv1") and any("32->64" in n for n in names)
+    for r in data["layers"]:
+        assert r["tinynet_fwd_ms"] > 0
+    assert data["machine"]["threads"] == 2 and data["machine"]["cpu"]
+
+
+def test_bench_train_quick(tmp_path):
+    pytest.importorskip("tinynet.data")
+    data = _run("bench_train.py", tmp_path, "--frameworks", "tinynet", "--sample",
+                "--max-batches", "5")
+    (run,) = data["runs"]
+    assert run["framework"] == "tinynet" and run["batch_size"] == 64
+    assert run["images"] == 5 * 64 and run["train_s"] > 0 and run["eval_s"] > 0
+    assert 0 < run["peak_rss_mb"] < 2000
+    assert 0.0 <= run["accuracy"] <= 1.0

@@ -1,0 +1,185 @@
+"""Every fast kernel against a naive loop written straight from its formula (kept here, slow).
+
+The kernels use tricks (flat-row im2col, strided slices, recycled buffers); the loops below use
+none, so a trick that breaks for some stride, padding, kernel or non-square shape shows up here.
+Shapes are drawn by hypothesis; float64 so that the comparison is tight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinynet.functional as F
+
+
+# -- naive references ----------------------------------------------------------------------------
+def naive_conv2d(x, w, b, stride, padding):
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    Fo, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho, wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    y = np.zeros((N, Fo, ho, wo))
+    for n in range(N):
+        for f in range(Fo):
+            for i in range(ho):
+                for j in range(wo):
+                    y[n, f, i, j] = (w[f] * xp[n, :, i * sh : i * sh + kh, j * sw : j * sw + kw]).sum()
+            if b is not None:
+                y[n, f] += b[f]
+    return y
+
+
+def naive_conv2d_backward(dy, x, w, stride, padding):
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    Fo, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for n in range(N):
+        for f in range(Fo):
+            for i in range(dy.shape[2]):
+                for j in range(dy.shape[3]):
+                    win = (n, slice(None), slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw))
+                    dw[f] += dy[n, f, i, j] * xp[win]
+                    dxp[win] += dy[n, f, i, j] * w[f]
+    return dxp[:, :, ph : ph + H, pw : pw + W], dw, dy.sum(axis=(0, 2, 3))
+
+
+def naive_maxpool(x, kernel, stride, padding):
+    """y and the backward routing, first maximum in row-major window order on ties."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C, H, W = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    ho, wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    y = np.zeros((N, C, ho, wo))
+    where = np.zeros((N, C, ho, wo, 2), dtype=int)
+    for n in range(N):
+        for c in range(C):
+            for i in range(ho):
+                for j in range(wo):
+                    best = None
+                    for u in range(kh):
+                        for v in range(kw):
+                            val = xp[n, c, i * sh + u, j * sw + v]
+                            if best is None or val > best:
+                                best, at = val, (i * sh + u - ph, j * sw + v - pw)
+                    y[n, c, i, j], where[n, c, i, j] = best, at
+    return y, where
+
+
+def naive_maxpool_backward(dy, where, x_shape):
+    dx = np.zeros(x_shape)
+    N, C, ho, wo = dy.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(ho):
+                for j in range(wo):
+                    h, w = where[n, c, i, j]
+                    dx[n, c, h, w] += dy[n, c, i, j]
+    return dx
+
+
+# -- drawn geometries ----------------------------------------------------------------------------
+@st.composite
+def conv_geometry(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 9))
+    W = draw(st.integers(max(1, kw - 2 * pw), 9))
+    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    return (n, c, H, W), (f, c, kh, kw), (sh, sw), (ph, pw), draw(st.booleans())
+
+
+@st.composite
+def pool_geometry(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 9))
+    W = draw(st.integers(max(1, kw - 2 * pw), 9))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W), (kh, kw), (sh, sw), (ph, pw)
+
+
+# -- tests ---------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
+def test_conv2d_matches_naive_loops(geometry, seed):
+    x_shape, w_shape, stride, padding, has_bias = geometry
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if has_bias else None
+    y, cache = F.conv2d_forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(y, naive_conv2d(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
+    assert y.flags.c_contiguous and y.dtype == np.float64
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, cache)
+    ndx, ndw, ndb = naive_conv2d_backward(dy, x, w, stride, padding)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
+    if has_bias:
+        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
+    else:
+        assert db is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(geometry=pool_geometry(), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_maxpool2d_matches_naive_loops(geometry, seed, ties):
+    x_shape, kernel, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    # ties=True: few distinct values, so windows often hold several maxima (first one must win)
+    x = rng.integers(0, 3, x_shape).astype(np.float64) if ties else rng.standard_normal(x_shape)
+    y, cache = F.maxpool2d_forward(x, kernel, stride, padding)
+    ny, where = naive_maxpool(x, kernel, stride, padding)
+    np.testing.assert_array_equal(y, ny)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(F.maxpool2d_backward(dy, cache),
+                               naive_maxpool_backward(dy, where, x_shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_and_linear_match_formulas(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 5)).astype(dtype)
+    y, mask = F.relu_forward(x)
+    np.testing.assert_array_equal(y, np.where(x > 0, x, 0))
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_array_equal(F.relu_backward(dy, mask), np.where(x > 0, dy, 0))
+    w, b = rng.standard_normal((3, 5)).astype(dtype), rng.standard_normal(3).astype(dtype)
+    y, cache = F.linear_forward(x, w, b)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-5)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = F.linear_backward(g, cache)
+    np.testing.assert_allclose(dx, g @ w, rtol=1e-5)
+    np.testing.assert_allclose(dw, g.T @ x, rtol=1e-5)
+    np.testing.assert_allclose(db, g.sum(0), rtol=1e-5)
+
+
+def test_recycled_buffers_never_overwrite_live_results():
+    """Two forwards before any backward: the first output and cache must stay intact."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    x1, x2 = (rng.standard_normal((5, 2, 8, 8)).astype(np.float32) for _ in range(2))
+    y1, c1 = F.conv2d_forward(x1, w)
+    y1_copy, cols1 = y1.copy(), c1.cols.copy()
+    y2, c2 = F.conv2d_forward(x2, w)
+    np.testing.assert_array_equal(y1, y1_copy)
+    np.testing.assert_array_equal(c1.cols, cols1)
+    r1, m1 = F.relu_forward(y1)
+    r2, m2 = F.relu_forward(y2)
+    assert not np.shares_memory(r1, r2) and not np.shares_memory(m1, m2)
+    p1, pc1 = F.maxpool2d_forward(r1, 2)
+    p2, pc2 = F.maxpool2d_forward(r2, 2)
+    assert not np.shares_memory(p1, p2) and not np.shares_memory(pc1.argmax, pc2.argmax)
+    dy = rng.standard_normal(y1.shape).astype(np.float32)
+    g1 = F.conv2d_backward(dy, c1)
+    g2 = F.conv2d_backward(dy, c2)
+    assert not np.shares_memory(g1[0], g2[0])
+    np.testing.assert_allclose(g1[1], naive_conv2d_backward(dy, x1, w, (1, 1), (0, 0))[1],
+                               rtol=1e-4, atol=1e-4)
