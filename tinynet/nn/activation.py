@@ -22,10 +22,10 @@ class ReLU(Module):
     def forward(self, x: Any) -> Any:
         check_float_input("ReLU", x)
         y, mask = F.relu_forward(x)
-        self.save_for_backward(mask)
+        self.save_for_backward((mask, y.dtype))
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        mask = self.saved()
-        self.check_grad_output(grad_output, mask.shape)
+        mask, dtype = self.saved()
+        self.check_grad_output(grad_output, mask.shape, dtype)
         return F.relu_backward(grad_output, mask)

@@ -44,12 +44,12 @@ class Flatten(Module):
         check_float_input("Flatten", x)
         self.output_shape(x.shape)
         y, x_shape = F.flatten_forward(x, self.start_dim, self.end_dim)
-        self.save_for_backward((x_shape, y.shape))
+        self.save_for_backward((x_shape, y.shape, y.dtype))
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        x_shape, y_shape = self.saved()
-        self.check_grad_output(grad_output, y_shape)
+        x_shape, y_shape, dtype = self.saved()
+        self.check_grad_output(grad_output, y_shape, dtype)
         return F.flatten_backward(grad_output, x_shape)
 
     def extra_repr(self) -> str:

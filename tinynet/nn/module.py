@@ -161,13 +161,25 @@ class Module:
         object.__setattr__(self, "_cache", _NO_CACHE)
         return cache
 
-    def check_grad_output(self, grad_output: Any, expected_shape: tuple) -> None:
-        """A gradient must have the shape of the output it belongs to."""
+    def check_grad_output(self, grad_output: Any, expected_shape: tuple,
+                          expected_dtype: Any = None) -> None:
+        """A gradient must have the shape and dtype of the output it belongs to.
+
+        ``expected_dtype`` defaults to the dtype of the module's parameters (if it has any): a
+        float64 gradient sent into a float32 model is refused rather than silently upcasting it.
+        """
         if tuple(getattr(grad_output, "shape", ())) != tuple(expected_shape):
             raise ValueError(
                 f"{type(self).__name__}.backward: expected a gradient of shape "
                 f"{tuple(expected_shape)} (the shape of the forward output), got "
                 f"{tuple(getattr(grad_output, 'shape', ()))}"
+            )
+        expected_dtype = self.dtype if expected_dtype is None else expected_dtype
+        if expected_dtype is not None and grad_output.dtype != expected_dtype:
+            raise TypeError(
+                f"{type(self).__name__}.backward: expected a {expected_dtype} gradient (the dtype "
+                f"of the forward output), got {grad_output.dtype}; convert it with "
+                f".astype('{expected_dtype}')"
             )
 
     # -- walking the tree ----------------------------------------------------------------

@@ -66,12 +66,12 @@ class MaxPool2d(Module):
         check_float_input(f"MaxPool2d({self.extra_repr()})", x)
         self.output_shape(x.shape)
         y, cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        self.save_for_backward((cache, y.shape))
+        self.save_for_backward((cache, y.shape, y.dtype))
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        cache, y_shape = self.saved()
-        self.check_grad_output(grad_output, y_shape)
+        cache, y_shape, dtype = self.saved()
+        self.check_grad_output(grad_output, y_shape, dtype)
         return F.maxpool2d_backward(grad_output, cache)
 
     def extra_repr(self) -> str:
