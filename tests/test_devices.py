@@ -448,8 +448,9 @@ def test_fit_and_evaluate_on_cuda():
         model = course_network(device=device)
         loader = DataLoader(data, batch_size=32, shuffle=True, seed=1, device=device)
         opt = tinynet.optim.SGD(model.parameters(), lr=0.01)
-        train.fit(model, loader, opt, epochs=1)
-        results[device] = train.evaluate(model, loader)
+        train.fit(model, nn.CrossEntropyLoss(), opt, loader, epochs=1, progress=False,
+                  verbose=False)
+        results[device] = train.evaluate(model, loader, nn.CrossEntropyLoss())
         assert model.device == device
     _assert_close_results(results["cuda"], results["cpu"])
 

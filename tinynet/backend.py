@@ -546,13 +546,28 @@ def host_rng() -> np.random.Generator:
 
 
 def get_rng_state() -> dict:
-    """The state of the host generator, as JSON-friendly data (for checkpoints)."""
-    return _host_rng.bit_generator.state
+    """The state of every generator tinynet draws from, as JSON-friendly data (for checkpoints).
+
+    ``{'host': ...}`` (initialisation, shuffling seeds) plus one entry per device generator in use
+    (dropout masks, augmentation), so a resumed run draws exactly the numbers it would have drawn.
+    """
+    state = {"host": _host_rng.bit_generator.state}
+    for name, backend in _backends.items():
+        bit_generator = getattr(backend._rng, "bit_generator", None)
+        device_state = getattr(bit_generator, "state", None)
+        if isinstance(device_state, dict):
+            state[name] = device_state
+    return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore the host generator saved by :func:`get_rng_state`."""
-    _host_rng.bit_generator.state = state
+    """Restore the generators saved by :func:`get_rng_state`."""
+    if "host" not in state:  # a bare host state
+        state = {"host": state}
+    _host_rng.bit_generator.state = state["host"]
+    for name, device_state in state.items():
+        if name != "host":
+            get_backend(name).rng().bit_generator.state = device_state
 
 
 # ----------------------------------------------------------------------------------------------
