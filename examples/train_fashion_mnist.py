@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "settings as the interrupted run")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the shuffling")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plot", action="store_true",
+                   help="save history.png, confusion_matrix.png and predictions.png in --out "
+                        "(needs matplotlib: pip install \"tinynet[plot]\")")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -174,7 +177,22 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(entry["seconds"] for entry in history)
         print(f"time: {total:.1f} s for {len(history)} epochs; checkpoint {out / 'last.npz'}, "
               f"history {out / 'history.jsonl'}")
+    if args.plot:
+        save_plots(model, out, test_set, test_loader)
     return 0
+
+
+def save_plots(model, out: Path, test_set, test_loader) -> None:
+    """The learning curves, the test confusion matrix and a grid of predictions, as PNG files."""
+    from tinynet import plot
+
+    plot.plot_history(out / "history.jsonl", path=out / "history.png")
+    plot.plot_confusion_matrix(model, test_loader, test_set.classes,
+                               path=out / "confusion_matrix.png")
+    plot.plot_predictions(model, test_set.images[:12], test_set.labels[:12], test_set.classes,
+                          path=out / "predictions.png")
+    print(f"plots: {out / 'history.png'}, {out / 'confusion_matrix.png'}, "
+          f"{out / 'predictions.png'}")
 
 
 if __name__ == "__main__":

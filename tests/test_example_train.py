@@ -134,3 +134,11 @@ def test_auto_falls_back_to_the_sample_with_a_notice(example, monkeypatch, capsy
 def test_resume_without_a_checkpoint_is_an_error(example, tmp_path, capsys):
     assert example.main(_quick(tmp_path, "--resume")) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_plot_flag_saves_three_pngs(example, tmp_path):
+    pytest.importorskip("matplotlib")
+    assert example.main(_quick(tmp_path, "--epochs", "1", "--plot")) == 0
+    for name in ("history.png", "confusion_matrix.png", "predictions.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name

@@ -5,7 +5,17 @@ on the CPU and CuPy on a GPU. Start with ``tinynet.nn`` (layers and operations),
 ``tinynet.functional`` (their math), ``tinynet.optim`` (SGD) and ``tinynet.gradcheck``.
 """
 
-from . import backend, data, functional, nn, optim
+from . import (  # noqa: E402  (training: fit/evaluate, checkpoints)
+    backend,
+    checkpoint,
+    data,
+    functional,
+    inspect,  # noqa: E402  (summary and trace: tinynet.inspect, not the stdlib's)
+    models,
+    nn,
+    optim,
+    train,
+)
 from .backend import (
     DeviceError,
     float32,
@@ -19,7 +29,9 @@ from .backend import (
     to_device,
     to_numpy,
 )
+from .checkpoint import load, load_into, save  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck
+from .inspect import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -42,4 +54,12 @@ __all__ = [
     "to_numpy",
     "GradcheckError",
     "gradcheck",
+    "inspect",
+    "summary",
+    "checkpoint",
+    "models",
+    "train",
+    "load",
+    "load_into",
+    "save",
 ]
