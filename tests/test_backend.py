@@ -128,7 +128,7 @@ def test_check_same_device_names_both_devices():
 def test_manual_seed_reseeds_every_backend(monkeypatch):
     """manual_seed re-seeds the host generator and every backend already created (also 'cuda')."""
     fake_cuda = B.Backend("cuda", np)
-    fake_cuda._make_rng = lambda seed: np.random.default_rng(seed)
+    fake_cuda.make_rng = lambda seed: np.random.default_rng(seed)
     monkeypatch.setitem(B._backends, "cuda", fake_cuda)
     tinynet.manual_seed(123)
     first = (B.host_rng().random(3), B.get_backend("cpu").random(3), fake_cuda.rng().random(3))

@@ -265,7 +265,7 @@ class StrictBackend(B.Backend):
             data = data.get()
         return self.xp.asarray(data, dtype=dtype)
 
-    def _make_rng(self, seed):
+    def make_rng(self, seed):
         return _XpProxy(np.random.default_rng(seed), self.array_type)
 
     def scatter_add(self, target, indices, values) -> None:

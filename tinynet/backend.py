@@ -151,7 +151,7 @@ class Backend:
         ``shuffle``): call :meth:`random` and :meth:`permutation`, which work on both.
         """
         if self._rng is None:
-            self._rng = self._make_rng(_seed_for(self.device))
+            self._rng = self.make_rng(_seed_for(self.device))
         return self._rng
 
     def random(self, shape: Any, dtype: Any = None) -> Any:
@@ -165,13 +165,14 @@ class Backend:
         # CuPy's Generator has no permutation(): sorting n uniform keys gives a uniform shuffle
         return self.xp.argsort(self.rng().random(int(n), dtype=float64))
 
-    def _make_rng(self, seed: int | None) -> Any:
+    def make_rng(self, seed: int | None) -> Any:
+        """A new random generator on this device (NumPy's or CuPy's ``default_rng``)."""
         if self.device == "cpu":
             return np.random.default_rng(seed)
         return self.xp.random.default_rng(seed)
 
     def reseed(self, seed: int) -> None:
-        self._rng = self._make_rng(seed)
+        self._rng = self.make_rng(seed)
 
     def synchronize(self) -> None:
         """Wait until queued device work is done (a no-op on the CPU); needed for honest timing."""

@@ -29,9 +29,11 @@ from .fashion_mnist import (
     read_idx,
     write_idx,
 )
+from . import transforms
 from .loader import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ArrayDataset, DataLoader
 
 __all__ = [
+    "transforms",
     "CLASSES",
     "DEFAULT_BASE_URL",
     "FASHION_MNIST_MEAN",

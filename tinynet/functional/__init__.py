@@ -6,13 +6,22 @@ these; a learner can read one file here to see one operation's whole math.
 """
 
 from .activation import relu_backward, relu_forward
+from .avgpool import (
+    adaptive_avgpool2d_backward,
+    adaptive_avgpool2d_forward,
+    avgpool2d_backward,
+    avgpool2d_forward,
+)
+from .batchnorm import batchnorm_backward, batchnorm_forward
 from .conv import conv2d_backward, conv2d_forward
+from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .pooling import maxpool2d_backward, maxpool2d_forward
 from .shape import flatten_backward, flatten_forward
 
 __all__ = [
+    # the course network
     "conv2d_forward",
     "conv2d_backward",
     "linear_forward",
@@ -25,4 +34,13 @@ __all__ = [
     "flatten_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
+    # beyond it: batch normalisation, dropout, average pooling
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "adaptive_avgpool2d_forward",
+    "adaptive_avgpool2d_backward",
 ]
