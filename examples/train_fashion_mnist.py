@@ -32,7 +32,7 @@ except ImportError:  # running from a checkout without `pip install`: use the ch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import tinynet
 from tinynet import nn
-from tinynet.data import ArrayDataset, DataLoader, DatasetNotFoundError, FashionMNIST
+from tinynet.data import ArrayDataset, DataLoader, DatasetNotFoundError, load_splits
 from tinynet.models import course_cnn
 from tinynet.optim.lr_scheduler import StepLR
 from tinynet.train import TrainingDiverged, evaluate, fit
@@ -80,32 +80,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_data(choice: str) -> tuple[FashionMNIST, FashionMNIST]:
-    """The training and test splits for ``--data auto|full|sample``."""
-    if choice == "sample":
-        return FashionMNIST(train=True, sample=True), FashionMNIST(train=False, sample=True)
-    try:
-        download = choice == "full"  # auto never touches the network
-        return (FashionMNIST(train=True, download=download),
-                FashionMNIST(train=False, download=download))
-    except DatasetNotFoundError:
-        if choice == "full":
-            raise
-    print("NOTICE: the full Fashion-MNIST was not found, so this run uses the small sample shipped "
-          "with tinynet (2,000 training / 500 test images): expect a lower accuracy.\n"
-          "        For the full data: sudo apt-get install dataset-fashion-mnist, or set "
-          "TINYNET_DATA to a folder with the four .gz files, or use --data full to download.",
-          file=sys.stderr, flush=True)
-    return FashionMNIST(train=True, sample=True), FashionMNIST(train=False, sample=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
 
     try:
-        train_set, test_set = load_data(args.data)
+        train_set, test_set = load_splits(args.data)
     except DatasetNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ from tinynet.data import (
     ArrayDataset,
     DataLoader,
     DatasetNotFoundError,
-    FashionMNIST,
+    load_splits,
 )
 from tinynet.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 from tinynet.optim import SGD, OneCycleLR
@@ -111,28 +111,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_data(choice: str) -> tuple[FashionMNIST, FashionMNIST]:
-    """The training and test splits for ``--data auto|full|sample``."""
-    if choice == "sample":
-        return FashionMNIST(train=True, sample=True), FashionMNIST(train=False, sample=True)
-    try:
-        download = choice == "full"  # auto never touches the network
-        return (FashionMNIST(train=True, download=download),
-                FashionMNIST(train=False, download=download))
-    except DatasetNotFoundError:
-        if choice == "full":
-            raise
-    print("NOTICE: the full Fashion-MNIST was not found, so this run uses the small sample shipped "
-          "with tinynet (2,000 training / 500 test images): expect a lower accuracy. Use "
-          "--data full to download the full data.", file=sys.stderr, flush=True)
-    return FashionMNIST(train=True, sample=True), FashionMNIST(train=False, sample=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     try:
-        train_set, test_set = load_data(args.data)
+        train_set, test_set = load_splits(args.data)
     except DatasetNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

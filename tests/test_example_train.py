@@ -111,8 +111,10 @@ def test_divergence_exits_1_with_advice(example, tmp_path, capsys):
     assert "diverged" in err and "try a lower one" in err
 
 
-def test_auto_falls_back_to_the_sample_with_a_notice(example, monkeypatch, capsys):
-    real = example.FashionMNIST
+def test_auto_falls_back_to_the_sample_with_a_notice(monkeypatch, capsys):
+    from tinynet.data import fashion_mnist
+
+    real = fashion_mnist.FashionMNIST
     downloads = []
 
     def no_full_data(train=True, sample=False, download=True, **kw):
@@ -121,13 +123,13 @@ def test_auto_falls_back_to_the_sample_with_a_notice(example, monkeypatch, capsy
             raise DatasetNotFoundError("not here")
         return real(train=train, sample=True)
 
-    monkeypatch.setattr(example, "FashionMNIST", no_full_data)
-    train, test = example.load_data("auto")
+    monkeypatch.setattr(fashion_mnist, "FashionMNIST", no_full_data)
+    train, test = fashion_mnist.load_splits("auto")
     assert (len(train), len(test)) == (2000, 500)
     assert "NOTICE" in capsys.readouterr().err
     assert downloads == [False]  # auto never goes to the network
     with pytest.raises(DatasetNotFoundError):
-        example.load_data("full")  # full: an error, no silent fallback
+        fashion_mnist.load_splits("full")  # full: an error, no silent fallback
     assert downloads == [False, True]
 
 

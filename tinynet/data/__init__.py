@@ -16,6 +16,7 @@ Example::
         ...
 """
 
+from . import transforms
 from .fashion_mnist import (
     CLASSES,
     DEFAULT_BASE_URL,
@@ -26,14 +27,15 @@ from .fashion_mnist import (
     candidate_dirs,
     download_fashion_mnist,
     download_file,
+    load_splits,
     read_idx,
     write_idx,
 )
-from . import transforms
 from .loader import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ArrayDataset, DataLoader
 
 __all__ = [
     "transforms",
+    "load_splits",
     "CLASSES",
     "DEFAULT_BASE_URL",
     "FASHION_MNIST_MEAN",

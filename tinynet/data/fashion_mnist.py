@@ -463,6 +463,33 @@ class FashionMNIST(ArrayDataset):
         )
 
 
+
+def load_splits(data: str = "auto") -> tuple[FashionMNIST, FashionMNIST]:
+    """The training and test splits, as an example script's ``--data auto|full|sample`` asks.
+
+    * ``'full'``: the 60,000 + 10,000 images, downloading them when no folder holds them.
+    * ``'sample'``: the 2,000 + 500 images shipped inside tinynet.
+    * ``'auto'``: the full data when it is on disk (never the network), else the sample, with a
+      notice on stderr saying how to get the full data.
+    """
+    if data not in ("auto", "full", "sample"):
+        raise ValueError(f"data must be 'auto', 'full' or 'sample', got {data!r}")
+    if data != "sample":
+        try:
+            download = data == "full"  # auto never touches the network
+            return (FashionMNIST(train=True, download=download),
+                    FashionMNIST(train=False, download=download))
+        except DatasetNotFoundError:
+            if data == "full":
+                raise
+        print("NOTICE: the full Fashion-MNIST was not found, so this run uses the small sample "
+              "shipped with tinynet (2,000 training / 500 test images): expect a lower accuracy.\n"
+              "        For the full data: sudo apt-get install dataset-fashion-mnist, or set "
+              "TINYNET_DATA to a folder with the four .gz files, or use --data full to download.",
+              file=sys.stderr, flush=True)
+    return FashionMNIST(train=True, sample=True), FashionMNIST(train=False, sample=True)
+
+
 def _not_found_message(
     split: str, searched: Sequence[tuple[str, Path]], problem: str, url: str
 ) -> str:
