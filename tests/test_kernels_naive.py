@@ -183,3 +183,84 @@ def test_recycled_buffers_never_overwrite_live_results():
     assert not np.shares_memory(g1[0], g2[0])
     np.testing.assert_allclose(g1[1], naive_conv2d_backward(dy, x1, w, (1, 1), (0, 0))[1],
                                rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
+def test_conv2d_without_input_grad_and_under_no_grad(geometry, seed):
+    """input_grad=False gives the same dW, db and no dx; no_grad (sliced batch) gives the same y."""
+    import tinynet
+    from tinynet.functional import conv as conv_mod
+
+    x_shape, w_shape, stride, padding, has_bias = geometry
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if has_bias else None
+    y, cache = F.conv2d_forward(x, w, b, stride, padding)
+    dy = rng.standard_normal(y.shape)
+    dx_full, dw_full, db_full = F.conv2d_backward(dy, cache)
+    y, cache = F.conv2d_forward(x, w, b, stride, padding)
+    dx, dw, db = F.conv2d_backward(dy, cache, input_grad=False)
+    assert dx is None
+    np.testing.assert_array_equal(dw, dw_full)
+    if has_bias:
+        np.testing.assert_array_equal(db, db_full)
+    old = conv_mod._EVAL_COLS_ELEMENTS
+    conv_mod._EVAL_COLS_ELEMENTS = 1  # one image per slice: the slicing path is exercised
+    try:
+        with tinynet.no_grad():
+            y_eval, cache_eval = F.conv2d_forward(x, w, b, stride, padding)
+    finally:
+        conv_mod._EVAL_COLS_ELEMENTS = old
+    assert cache_eval is None
+    np.testing.assert_allclose(y_eval, naive_conv2d(x, w, b, stride, padding), rtol=1e-10,
+                               atol=1e-10)
+
+
+def test_recycled_padded_input_of_another_padding_keeps_zero_borders():
+    """Two convolutions whose padded inputs have the same shape (10x10 padded by 1, 12x12 by 0)."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((2, 1, 3, 3))
+    x_a, x_b = rng.standard_normal((2, 1, 10, 10)), rng.standard_normal((2, 1, 12, 12))
+    for _ in range(2):  # the second round gets the recycled buffers
+        y_b, _ = F.conv2d_forward(x_b, w, None, 1, 0)
+        np.testing.assert_allclose(y_b, naive_conv2d(x_b, w, None, (1, 1), (0, 0)), atol=1e-10)
+        y_a, _ = F.conv2d_forward(x_a, w, None, 1, 1)
+        np.testing.assert_allclose(y_a, naive_conv2d(x_a, w, None, (1, 1), (1, 1)), atol=1e-10)
+
+
+def test_sequential_backward_without_input_grad():
+    """Sequential.backward(g, input_grad=False): same weight gradients, the first skips dX."""
+    import tinynet
+    from tinynet import nn
+
+    tinynet.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    for first in (nn.Conv2d(1, 2, 3), nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())):
+        model = nn.Sequential(first, nn.Flatten(), nn.Linear(72, 4))
+        g = np.ones((3, 4), dtype=np.float32)
+        model(x)
+        dx = model.backward(g)
+        assert dx.shape == x.shape
+        grads = [p.grad.copy() for p in model.parameters()]
+        model.zero_grad()
+        model(x)
+        assert model.backward(g, input_grad=False) is None
+        for p, ref in zip(model.parameters(), grads, strict=True):
+            np.testing.assert_allclose(p.grad, ref, rtol=1e-6)
+    # a first module without the option (ReLU) still returns dX
+    model = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(64, 4))
+    model(x)
+    assert model.backward(np.ones((3, 4), dtype=np.float32), input_grad=False).shape == x.shape
+
+
+def test_relu_and_maxpool_keep_no_cache_under_no_grad():
+    import tinynet
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6))
+    with tinynet.no_grad():
+        y, mask = F.relu_forward(x)
+        p, cache = F.maxpool2d_forward(x, 2)
+    assert mask is None and cache is None
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    np.testing.assert_array_equal(p, naive_maxpool(x, (2, 2), (2, 2), (0, 0))[0])

@@ -7,36 +7,42 @@ Shapes:
     y: (N, C_out, H_out, W_out)   with   H_out = floor((H + 2*p_h - kh) / s_h) + 1
                                          W_out = floor((W + 2*p_w - kw) / s_w) + 1
 
-The trick that makes it fast (im2col + one matrix product per image):
+The trick that makes it fast (im2col + ONE matrix product for the whole batch):
     A convolution is many small dot products, one per output pixel. Instead of looping over them,
     we look at every kh x kw window of the padded input at once through a *strided view* (no copy)
-    and copy it once into a "columns" array cols of shape (N, C_in*kh*kw, L): for each image, one
-    ROW per weight position (c, u, v) and one COLUMN per output pixel, holding the input value that
-    this weight meets at that pixel. Then the convolution of image n is ONE matrix product:
-        y[n] = W @ cols[n] + b       with W reshaped to (C_out, C_in*kh*kw),
-    and ``W @ cols`` does all N products in one call (BLAS runs them at full speed). The result
-    (N, C_out, pixels) is already in the (N, C, H, W) order: no transpose copy is needed.
+    and copy it once into a "columns" matrix cols of shape (C_in*kh*kw, N*L): one ROW per weight
+    position (c, u, v) and one COLUMN per output pixel of every image (image n owns the columns
+    n*L ... n*L + L - 1), holding the input value that this weight meets at that pixel. Then the
+    whole convolution is ONE matrix product (BLAS runs it at full speed):
+        Y = W @ cols + b       with W reshaped to (C_out, C_in*kh*kw), Y: (C_out, N*L),
+    and Y is reordered once into the (N, C_out, H_out, W_out) output (the bias is added on the way).
 
     Layout of the pixel axis (the long, contiguous one, so that copies and sums run in long rows):
     * stride 1 (the common case): the "flat rows" trick. Number the padded input's pixels
       row by row, p = h * W_pad + w. The input that weight (u, v) meets at output pixel (i, j) is
       pixel u*W_pad + v + (i*W_pad + j): a fixed shift u*W_pad + v plus the output position q =
-      i*W_pad + j. So row (c, u, v) of cols is ONE contiguous slice of the flattened input, of
-      length L = (H_out - 1)*W_pad + W_out. The price: the q with j >= W_out are junk columns
-      (windows that wrap around a row end); their outputs are dropped, their gradients are zero.
+      i*W_pad + j. So for one image, row (c, u, v) of cols is ONE contiguous slice of the flattened
+      input, of length L = H_out*W_pad. The price: the q with j >= W_out are junk columns (windows
+      that wrap around a row end); their outputs are dropped, their gradients are zero. (The padded
+      input gets one spare zero row at the bottom, so the last slice stays inside its channel.)
     * any other stride: the plain layout, L = H_out*W_out, q = i*W_out + j.
 
-Backward (dy: (N, C_out, H_out, W_out), laid out like the columns: dY[n] is (C_out, L)):
-    dL/dW = sum_n dY[n] @ cols[n]^T           -> (C_out, C_in*kh*kw), reshaped to w's shape
-            (sum over the batch and over output positions of dy (x) window)
-    dL/db = sum of dy over n, i, j             -> (C_out,)
-    dL/dx: dcols[n] = W^T @ dY[n]              -> (N, C_in*kh*kw, L)
+Backward (dy: (N, C_out, H_out, W_out), reordered once like Y: dY of shape (C_out, N*L)):
+    dL/dW = dY @ cols^T                       -> (C_out, C_in*kh*kw), reshaped to w's shape
+            (ONE product: the sum over the batch and over output positions of dy (x) window)
+    dL/db = sum of dy over n, i, j            -> (C_out,)
+    dL/dx: dcols = W^T @ dY                   -> (C_in*kh*kw, N*L)
             and each window's gradient is added back where the window came from ("col2im").
             Windows overlap, so one input pixel receives from several windows. Rather than a scatter
             (np.add.at, slow), we loop over the kh*kw kernel offsets (u, v): for one offset, the
             input pixels it touches form one slice of dx (a shifted contiguous slice of the flat
             rows for stride 1, a strided slice x_pad[:, :, u::s_h, v::s_w] otherwise), and
             different windows never collide inside it. kh*kw vectorised adds in total.
+    The first layer of a network does not need dL/dx (nothing learns below it): with
+    ``input_grad=False`` the last step (the product and the col2im) is skipped.
+
+Evaluation (inside ``tinynet.no_grad()``) keeps no columns for backward, so a large batch is
+convolved a slice of images at a time: the columns of one slice stay small (in the CPU cache).
 
 Memory: the columns, outputs and gradients go into recycled buffers (``_recycle.scratch``), because
 on the CPU fresh multi-megabyte arrays every step cost page faults (half a step, measured).
@@ -47,14 +53,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._utils import conv_output_size, pair
-from ..backend import backend_of
+from ..backend import backend_of, is_grad_enabled
 from ._recycle import scratch
+
+# inside no_grad, images per slice are chosen so that one slice's columns hold about this many
+# numbers (4 MB in float32)
+_EVAL_COLS_ELEMENTS = 1 << 20
 
 
 class ConvCache(NamedTuple):
     """What conv2d_backward needs: the columns (the windows each output pixel saw) and the weights."""
 
-    cols: Any  # (N, C_in*kh*kw, L): one row per weight position, one column per output pixel
+    cols: Any  # (C_in*kh*kw, N*L): one row per weight position, one column per output pixel
     weight: Any  # (C_out, C_in, kh, kw)
     x_shape: tuple  # (N, C_in, H, W)
     stride: tuple  # (s_h, s_w)
@@ -90,32 +100,67 @@ def window_view(x: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> Any:
     )
 
 
-def im2col(x_pad: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> tuple:
-    """The columns of a C-contiguous padded input (N, C, H_pad, W_pad), copied once.
+def im2col(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple) -> tuple:
+    """The columns of an input batch (N, C, H, W), padded and copied once.
 
-    Returns ``(cols, row_pitch)``: cols of shape (N, C*kh*kw, L) with
-    ``cols[n, (c, u, v), q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
-    column q; ``row_pitch = W_pad`` and ``q = i*W_pad + j`` for stride 1 (flat rows, with junk
-    columns j >= W_out), ``row_pitch = 0`` and ``q = i*W_out + j`` otherwise.
+    Returns ``(cols, row_pitch)``: cols of shape (C*kh*kw, N*L) with
+    ``cols[(c, u, v), n*L + q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
+    column q; ``row_pitch = W_pad`` and ``q = i*W_pad + j``, ``L = H_out*W_pad`` for stride 1
+    (flat rows, with junk columns j >= W_out), ``row_pitch = 0`` and ``q = i*W_out + j``,
+    ``L = H_out*W_out`` otherwise.
     """
-    backend = backend_of(x_pad)
-    N, C, hp, wp = x_pad.shape
-    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
-    s0, s1, s2, s3 = x_pad.strides
+    backend = backend_of(x)
+    xp = backend.xp
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    hp, wp = H + 2 * ph, W + 2 * pw
     if (sh, sw) == (1, 1):
-        # flat rows: row (c, u, v) is the slice [u*W_pad + v, ... + L) of image n, channel c
-        L = (ho - 1) * wp + wo
-        view = backend.as_strided(x_pad, shape=(N, C, kh, kw, L), strides=(s0, s1, s2, s3, s3))
-        pitch = wp
+        # flat rows: the padded input with one spare zero row, so that the slice of the last
+        # offset, [(kh-1)*W_pad + kw-1, ... + H_out*W_pad), stays inside its own channel
+        # (the role names the padding: every user of one buffer writes the same inside, so the
+        # borders and the spare row of a recycled buffer are still 0)
+        x_pad = scratch(xp, f"conv.x_pad.{ph}.{pw}", (N, C, hp + 1, wp), x.dtype)
+        x_pad[:, :, ph : ph + H, pw : pw + W] = x
+        L, pitch = ho * wp, wp
+        s0, s1, s2, s3 = x_pad.strides
+        # view[c, u, v, n, q] = x_pad_flat[n, c, u*W_pad + v + q]
+        view = backend.as_strided(x_pad, shape=(C, kh, kw, N, L), strides=(s1, s2, s3, s0, s3))
     else:
-        # plain: view[n, c, u, v, i, j] = x_pad[n, c, i*s_h + u, j*s_w + v]
-        L = ho * wo
+        x_pad = pad2d(x, padding)
+        L, pitch = ho * wo, 0
+        s0, s1, s2, s3 = x_pad.strides
+        # plain: view[c, u, v, n, i, j] = x_pad[n, c, i*s_h + u, j*s_w + v]
         view = backend.as_strided(
-            x_pad, shape=(N, C, kh, kw, ho, wo), strides=(s0, s1, s2, s3, s2 * sh, s3 * sw)
+            x_pad, shape=(C, kh, kw, N, ho, wo), strides=(s1, s2, s3, s0, s2 * sh, s3 * sw)
         )
-        pitch = 0
-    cols = scratch(backend.xp, "conv.cols", (N, C * kh * kw, L), x_pad.dtype)
+    cols = scratch(xp, "conv.cols", (C * kh * kw, N * L), x.dtype)
     cols.reshape(view.shape)[...] = view  # the one copy of im2col
+    return cols, pitch
+
+
+def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
+    """The (C_out, N*L) product as an (N, C_out, H_out, W_out) view (junk columns dropped)."""
+    ho, wo = out_hw
+    f = y2d.shape[0]
+    if row_pitch:
+        # flat rows: pixel (i, j) of image n sits at column n*L + i*W_pad + j
+        return y2d.reshape(f, n, ho, row_pitch)[:, :, :, :wo].transpose(1, 0, 2, 3)
+    return y2d.reshape(f, n, ho, wo).transpose(1, 0, 2, 3)
+
+
+def _forward_into(out: Any, x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple,
+                  padding: tuple) -> tuple:
+    """``out[...] = conv(x) + b`` for a batch or a slice of one; returns ``(cols, row_pitch)``."""
+    xp = backend_of(x).xp
+    n, f = x.shape[0], w2d.shape[0]
+    cols, pitch = im2col(x, kernel, stride, padding, out.shape[2:])
+    # Y = W @ cols: every output pixel's dot product, the whole batch in one matrix product
+    y2d = xp.matmul(w2d, cols, out=scratch(xp, "conv.y", (f, cols.shape[1]), cols.dtype))
+    y = _pixels(y2d, n, out.shape[2:], pitch)
+    if bias is not None:
+        xp.add(y, bias.reshape(f, 1, 1), out=out)  # one pass: reorders to (N, C_out, ...) + bias
+    else:
+        out[...] = y
     return cols, pitch
 
 
@@ -132,7 +177,8 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
 
     Returns:
         ``(y, cache)`` with y of shape (N, C_out, H_out, W_out),
-        ``H_out = floor((H + 2*p_h - kh) / s_h) + 1`` (W likewise), and the cache for backward.
+        ``H_out = floor((H + 2*p_h - kh) / s_h) + 1`` (W likewise), and the cache for backward
+        (None inside ``tinynet.no_grad()``: nothing is kept, there will be no backward).
 
     Backward: see :func:`conv2d_backward`.
     """
@@ -142,64 +188,57 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     F, _, kh, kw = weight.shape
     ho = conv_output_size(H, kh, stride[0], padding[0])
     wo = conv_output_size(W, kw, stride[1], padding[1])
-
-    x_pad = xp.ascontiguousarray(pad2d(x, padding))
-    # im2col: the strided view of all windows, copied once into (N, C_in*kh*kw, L)
-    cols, pitch = im2col(x_pad, (kh, kw), stride, (ho, wo))
-    # y[n] = W @ cols[n]: every output pixel's dot products, N matrix products in one call
-    y = xp.matmul(weight.reshape(F, C * kh * kw), cols,
-                  out=scratch(xp, "conv.y", (N, F, cols.shape[2]), cols.dtype))  # (N, C_out, L)
-    if pitch:
-        # flat rows: pixel (i, j) sits at column i*W_pad + j; drop the junk columns j >= W_out
-        s0, s1, _ = y.strides
-        y = backend_of(y).as_strided(y, shape=(N, F, ho, wo), strides=(s0, s1, pitch * y.itemsize,
-                                                                        y.itemsize))
-    else:
-        y = y.reshape(N, F, ho, wo)
-    out = scratch(xp, "conv.out", (N, F, ho, wo), y.dtype)
-    if bias is not None:
-        xp.add(y, bias.reshape(F, 1, 1), out=out)  # one pass: adds the bias, y made contiguous
-    else:
-        out[...] = y
-    y = out
-    return y, ConvCache(cols, weight, x.shape, stride, padding, bias is not None, pitch)
+    w2d = weight.reshape(F, C * kh * kw)
+    out = scratch(xp, "conv.out", (N, F, ho, wo), x.dtype)
+    if not is_grad_enabled():
+        # evaluation: no columns are kept, so convolve a slice of images at a time
+        # (replaces one huge columns matrix for the whole batch: small slices stay in the cache)
+        per_image = C * kh * kw * ho * (W + 2 * padding[1])
+        step = max(1, _EVAL_COLS_ELEMENTS // per_image)
+        for n0 in range(0, N, step):
+            _forward_into(out[n0 : n0 + step], x[n0 : n0 + step], w2d, bias, (kh, kw), stride,
+                          padding)
+        return out, None
+    cols, pitch = _forward_into(out, x, w2d, bias, (kh, kw), stride, padding)
+    return out, ConvCache(cols, weight, x.shape, stride, padding, bias is not None, pitch)
 
 
-def conv2d_backward(dy: Any, cache: ConvCache):
+def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
     """Gradients of a convolution.
 
     **Backward:**
-        ``dW = sum_n dY[n] @ cols[n]^T``, ``db = sum of dY over n, i, j``,
+        ``dW = dY @ cols^T`` (summed over the batch and all output positions by the product),
+        ``db = sum of dY over n, i, j``,
         ``dX = col2im(W^T @ dY)`` (each window's gradient added back where the window came from).
 
     Args:
         dy: dL/dy, shape (N, C_out, H_out, W_out).
         cache: from :func:`conv2d_forward`.
+        input_grad: compute dX. False skips it (dx is None): the first layer of a network needs
+            only dW and db, and dX is the most expensive part.
 
     Returns:
-        ``(dx, dw, db)``: shapes (N, C_in, H, W), (C_out, C_in, kh, kw), (C_out,) (None without bias).
+        ``(dx, dw, db)``: shapes (N, C_in, H, W), (C_out, C_in, kh, kw), (C_out,) (db is None
+        without bias, dx is None with ``input_grad=False``).
     """
     xp = backend_of(dy).xp
     cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch = cache
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
-    L = cols.shape[2]
 
-    # dY laid out like the columns: (N, C_out, L)
-    if pitch:
-        # flat rows: dy spread to rows of length W_pad, zeros in the junk columns
-        # (a recycled buffer of this role only ever had its valid columns written: junk stays 0)
-        dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (N, F, ho, pitch), dy.dtype)
-        dy_rows[:, :, :, :wo] = dy
-        dy2 = dy_rows.reshape(N, F, ho * pitch)[:, :, :L]
-    else:
-        dy2 = xp.ascontiguousarray(dy).reshape(N, F, L)
-    # dL/dW = sum over batch and positions of dy (x) window: N products (C_out, L) @ (L, K), summed
-    dw = (dy2 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
-    # dL/db = sum of dy over batch and positions
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    # dL/dcols[n] = W^T @ dY[n]: each window's share of the input gradient, (N, C_in*kh*kw, L)
-    dcols = xp.matmul(weight.reshape(F, C * kh * kw).T, dy2,
+    # dY laid out like the columns: (C_out, N*L); for flat rows, rows of length W_pad with zeros
+    # in the junk columns (a recycled buffer of this role only ever had its valid columns written)
+    dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, N, ho, pitch or wo), dy.dtype)
+    dy_rows[:, :, :, :wo] = dy.transpose(1, 0, 2, 3)
+    dY = dy_rows.reshape(F, cols.shape[1])
+    # dL/dW = sum over batch and positions of dy (x) window: ONE product (C_out, N*L) @ (N*L, K)
+    dw = (dY @ cols.T).reshape(weight.shape)
+    # dL/db = sum of dy over batch and positions (the junk columns are zeros)
+    db = dY.sum(axis=1) if has_bias else None
+    if not input_grad:
+        return None, dw, db
+    # dL/dcols = W^T @ dY: each window's share of the input gradient, (C_in*kh*kw, N*L)
+    dcols = xp.matmul(weight.reshape(F, C * kh * kw).T, dY,
                       out=scratch(xp, "conv.dcols", cols.shape, cols.dtype))
     dx = col2im(dcols, (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), (ho, wo), pitch)
     return dx, dw, db
@@ -209,29 +248,33 @@ def col2im(dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple, padding: tu
            out_hw: tuple, row_pitch: int) -> Any:
     """The adjoint of :func:`im2col`: add each column entry back onto the input pixel it came from.
 
-    ``dcols`` has the columns' layout (N, C*kh*kw, L); returns dx of shape ``x_shape`` (N, C, H, W).
+    ``dcols`` has the columns' layout (C*kh*kw, N*L); returns dx of shape ``x_shape`` (N, C, H, W)
+    (a view into a larger padded buffer).
     """
-    xp = backend_of(dcols).xp
+    backend = backend_of(dcols)
+    xp = backend.xp
     N, C, H, W = x_shape
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
     hp, wp = H + 2 * ph, W + 2 * pw
-    L = dcols.shape[2]
-    dcols = dcols.reshape(N, C, kh, kw, L)
     if row_pitch:
-        # flat rows: offset (u, v) touches the contiguous slice [u*W_pad + v, ... + L) of each row
-        dx_flat = scratch(xp, "conv.dx", (N, C, hp * wp), dcols.dtype, zero=True)
+        # flat rows: offset (u, v) touches the contiguous slice [u*W_pad + v, ... + L) of every
+        # (image, channel); with the spare row, as in im2col, slices of two channels never meet
+        L = ho * wp
+        dcols = dcols.reshape(C, kh, kw, N, L)
+        dx_pad = scratch(xp, "conv.dx", (N, C, hp + 1, wp), dcols.dtype, zero=True)
+        s0, s1, _, s3 = dx_pad.strides
+        flat = dx_pad.reshape(-1)
         for u in range(kh):
             for v in range(kw):
                 start = u * wp + v
-                dx_flat[:, :, start : start + L] += dcols[:, :, u, v]
-        dx_pad = dx_flat.reshape(N, C, hp, wp)
+                target = backend.as_strided(flat[start:], shape=(C, N, L), strides=(s1, s0, s3))
+                target += dcols[:, u, v]
     else:
         # plain: offset (u, v) touches the strided slice x_pad[:, :, u::s_h, v::s_w]
-        dcols = dcols.reshape(N, C, kh, kw, ho, wo)
+        dcols = dcols.reshape(C, kh, kw, N, ho, wo)
         dx_pad = scratch(xp, "conv.dx", (N, C, hp, wp), dcols.dtype, zero=True)
+        dx_t = dx_pad.transpose(1, 0, 2, 3)  # (C, N, H_pad, W_pad), like the columns' rows
         for u in range(kh):
             for v in range(kw):
-                dx_pad[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dcols[:, :, u, v]
-    if ph or pw:
-        return xp.ascontiguousarray(dx_pad[:, :, ph : ph + H, pw : pw + W])
-    return dx_pad
+                dx_t[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dcols[:, u, v]
+    return dx_pad[:, :, ph : ph + H, pw : pw + W]

@@ -31,10 +31,13 @@ def linear_forward(x: Any, weight: Any, bias: Any = None):
     return y, LinearCache(x, weight, bias is not None)
 
 
-def linear_backward(dy: Any, cache: LinearCache):
-    """Returns ``(dx, dw, db)`` (db is None without bias)."""
+def linear_backward(dy: Any, cache: LinearCache, input_grad: bool = True):
+    """Returns ``(dx, dw, db)`` (db is None without bias).
+
+    ``input_grad=False`` skips dL/dx (dx is None): a first layer needs only dW and db.
+    """
     x, weight, has_bias = cache
-    dx = dy @ weight
+    dx = dy @ weight if input_grad else None
     dw = dy.T @ x
     db = dy.sum(axis=0) if has_bias else None
     return dx, dw, db

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._utils import conv_output_size, pair
-from ..backend import backend_of
+from ..backend import backend_of, is_grad_enabled
 from ._recycle import scratch
 from .conv import pad2d
 
@@ -60,7 +60,8 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
 
     Returns:
         ``(y, cache)`` with y of shape (N, C, H_out, W_out),
-        ``H_out = floor((H + 2*p_h - kh) / s_h) + 1`` (W likewise); the cache keeps the argmax.
+        ``H_out = floor((H + 2*p_h - kh) / s_h) + 1`` (W likewise); the cache keeps the argmax
+        (the cache is None inside ``tinynet.no_grad()``: no argmax is needed without a backward).
 
     Backward: see :func:`maxpool2d_backward`.
     """
@@ -80,6 +81,8 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     y[...] = _offset_slice(x_pad, 0, 0, stride, (ho, wo))
     for u, v in offsets[1:]:
         xp.maximum(y, _offset_slice(x_pad, u, v, stride, (ho, wo)), out=y)
+    if not is_grad_enabled():
+        return y, None
     # argmax = the first offset (row-major) whose cell equals the maximum: walk backwards
     dtype = xp.int8 if kh * kw <= 127 else xp.int32
     argmax = scratch(xp, "maxpool.argmax", y.shape, dtype)
@@ -110,16 +113,16 @@ def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
     tiles = (sh, sw) == (kh, kw) and (hp, wp) == (ho * kh, wo * kw)
     dx_pad = scratch(xp, "maxpool.dx", (N, C, hp, wp), dy.dtype, zero=not tiles)
     won = scratch(xp, "maxpool.won", dy.shape, xp.bool_)
-    routed = scratch(xp, "maxpool.routed", dy.shape, dy.dtype)
+    routed = scratch(xp, "maxpool.routed", dy.shape, dy.dtype) if overlap else None
     for u in range(kh):
         for v in range(kw):
             # inputs at kernel offset (u, v) of every window: one strided slice, shaped like dy
             xp.equal(argmax, u * kw + v, out=won)
-            xp.multiply(dy, won, out=routed)
             target = _offset_slice(dx_pad, u, v, (sh, sw), (ho, wo))
             if overlap:
+                xp.multiply(dy, won, out=routed)
                 target += routed  # a cell in several windows collects from each
             else:
-                target[...] = routed
+                xp.multiply(dy, won, out=target)  # written straight into its slice of dx
     dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
     return xp.ascontiguousarray(dx) if (ph or pw) else dx

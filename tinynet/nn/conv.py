@@ -37,7 +37,9 @@ class Conv2d(Module):
         bias: (out_channels,), U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels*kh*kw.
 
     Backward (see :mod:`tinynet.functional.conv`):
-        dX = col2im(dY @ W),  dW = dY^T @ cols,  db = sum of dY over batch, height and width.
+        dX = col2im(W^T @ dY),  dW = dY @ cols^T,  db = sum of dY over batch, height and width.
+        ``backward(dy, input_grad=False)`` skips dX (returns None): the first layer of a network
+        needs only its weight gradients (``Sequential.backward`` asks for this).
 
     Example::
 
@@ -110,6 +112,8 @@ class Conv2d(Module):
         return (n, self.out_channels, conv_output_size(h, kh, sh, ph),
                 conv_output_size(w, kw, sw, pw))
 
+    accepts_input_grad = True  # backward(dy, input_grad=False) skips dL/dx (see Sequential)
+
     def forward(self, x: Any) -> Any:
         where = f"Conv2d({self.extra_repr()})"
         check_layer_input(where, x, self.weight.data)
@@ -119,10 +123,12 @@ class Conv2d(Module):
         self.save_for_backward((cache, y.shape))
         return y
 
-    def backward(self, grad_output: Any) -> Any:
+    def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
+        """Add dL/dW and dL/db into the parameters' ``.grad``; return dL/dx (None if not
+        ``input_grad``: then the input gradient is not computed at all)."""
         cache, y_shape = self.saved()
         self.check_grad_output(grad_output, y_shape)
-        dx, dw, db = F.conv2d_backward(grad_output, cache)
+        dx, dw, db = F.conv2d_backward(grad_output, cache, input_grad=input_grad)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)

@@ -30,6 +30,7 @@ class Linear(Module):
 
     Backward (see :mod:`tinynet.functional.linear`):
         dX = dY @ W,  dW = dY^T @ X,  db = sum of dY over the batch.
+        ``backward(dy, input_grad=False)`` skips dX (returns None), for a first layer.
 
     Example::
 
@@ -78,6 +79,8 @@ class Linear(Module):
             )
         return (input_shape[0], self.out_features)
 
+    accepts_input_grad = True  # backward(dy, input_grad=False) skips dL/dx (see Sequential)
+
     def forward(self, x: Any) -> Any:
         check_layer_input(f"Linear({self.extra_repr()})", x, self.weight.data)
         self.output_shape(x.shape)
@@ -86,10 +89,12 @@ class Linear(Module):
         self.save_for_backward(cache)
         return y
 
-    def backward(self, grad_output: Any) -> Any:
+    def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
+        """Add dL/dW and dL/db into the parameters' ``.grad``; return dL/dx (None if not
+        ``input_grad``: then the input gradient is not computed at all)."""
         cache = self.saved()
         self.check_grad_output(grad_output, (cache.x.shape[0], self.out_features))
-        dx, dw, db = F.linear_backward(grad_output, cache)
+        dx, dw, db = F.linear_backward(grad_output, cache, input_grad=input_grad)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)

@@ -291,10 +291,14 @@ class Module:
         The values are the arrays themselves (on the module's device); use ``tinynet.save`` to
         write them to a file.
         """
-        state = OrderedDict((name, p.data) for name, p in self.named_parameters())
-        for name, b in self.named_buffers():
-            if b is not None:
-                state[name] = b
+        state = OrderedDict()
+        for mod_name, mod in self.named_modules():  # PyTorch's order: each module's own
+            prefix = f"{mod_name}." if mod_name else ""  # parameters, then its buffers
+            for name, p in mod._parameters.items():
+                state[prefix + name] = p.data
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    state[prefix + name] = b
         return state
 
     def load_state_dict(self, state_dict: dict, strict: bool = True) -> Module:
@@ -308,8 +312,9 @@ class Module:
         for mod_name, mod in self.named_modules():
             for name in mod._parameters:
                 targets[f"{mod_name}.{name}" if mod_name else name] = (mod, name, "p")
-            for name in mod._buffers:
-                targets[f"{mod_name}.{name}" if mod_name else name] = (mod, name, "b")
+            for name, b in mod._buffers.items():
+                if b is not None:  # an unused buffer is not part of the state
+                    targets[f"{mod_name}.{name}" if mod_name else name] = (mod, name, "b")
         keys = list(state_dict.keys())
         if strict:
             missing = [k for k in targets if k not in state_dict]
@@ -371,7 +376,16 @@ class Sequential(Module):
         model = Sequential(Conv2d(1, 6, 5), ReLU(), MaxPool2d(2), Flatten(), Linear(6*12*12, 10))
         logits = model(x)              # forward through every module
         dx = model.backward(dlogits)   # backward through every module, last first
+        model.backward(dlogits, input_grad=False)   # the same, without dL/dx (returns None)
+
+    Nobody needs dL/dx of the network's input when training (the images do not learn), and the
+    first layer's dX is costly (for a convolution: a product and a col2im). With
+    ``input_grad=False`` the first module skips it, if its class says it can
+    (``accepts_input_grad = True``: Conv2d, Linear, Sequential); other first modules compute dX
+    as usual and backward returns it.
     """
+
+    accepts_input_grad = True  # a nested Sequential passes input_grad on to its own first module
 
     def __init__(self, *modules: Module) -> None:
         super().__init__()
@@ -407,7 +421,18 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, grad_output: Any) -> Any:
-        for m in reversed(self._modules.values()):
-            grad_output = m.backward(grad_output)
+    def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
+        """Backward through every module, last first; returns dL/dinput.
+
+        ``input_grad=False``: the first module skips dL/dinput when it accepts the option
+        (its class has ``accepts_input_grad = True``) and None is returned; otherwise dL/dinput is
+        computed as usual. The weight gradients are the same either way.
+        """
+        modules = list(self._modules.values())
+        for i in range(len(modules) - 1, -1, -1):
+            m = modules[i]
+            if i == 0 and not input_grad and getattr(type(m), "accepts_input_grad", False):
+                grad_output = m.backward(grad_output, input_grad=False)
+            else:
+                grad_output = m.backward(grad_output)
         return grad_output
