@@ -185,9 +185,11 @@ class Backend:
     # launch. A GPU finishes a small elementwise step in microseconds, so what the generic code
     # pays there is the number of kernel launches and temporary arrays; fusing removes both.
     # Set ``backend.fused = False`` to run the generic code on the GPU too (the tests compare).
+    # Callers: optim.SGD.step and functional.maxpool2d_backward, on 'cuda' (``use_fused()``).
     fused = True
 
-    def _use_fused(self) -> bool:
+    def use_fused(self) -> bool:
+        """True on 'cuda' with ``fused`` on: callers then take the one-kernel path."""
         return self.device == "cuda" and self.fused
 
     def sgd_update(self, param: Any, grad: Any, buf: Any, lr: float, momentum: float = 0.0,
@@ -209,7 +211,7 @@ class Backend:
         """
         lr, momentum, dampening, weight_decay = (float(v) for v in (lr, momentum, dampening,
                                                                      weight_decay))
-        if not self._use_fused():
+        if not self.use_fused():
             return sgd_update_generic(param, grad, buf, lr, momentum, dampening, weight_decay,
                                       nesterov)
         k = _cuda_kernels()
@@ -238,7 +240,7 @@ class Backend:
         Generic: kh*kw strided adds. On 'cuda': one kernel, one thread per input pixel, which
         gathers from the (at most ceil(kh/sh) * ceil(kw/sw)) windows covering it.
         """
-        if not self._use_fused():
+        if not self.use_fused():
             return maxpool2d_route_generic(dy, argmax, x_shape, kernel, stride, padding)
         N, C, H, W = x_shape
         ho, wo = dy.shape[2:]
@@ -246,32 +248,6 @@ class Backend:
         _cuda_kernels()["maxpool_route"](
             self.xp.ascontiguousarray(dy), self.xp.ascontiguousarray(argmax, dtype=np.int64),
             H, W, ho, wo, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], dx,
-        )
-        return dx
-
-    def col2im(self, dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple,
-               padding: tuple) -> Any:
-        """Convolution backward for the input: add every window's gradient back where it came from.
-
-        Args:
-            dcols: (N, H_out, W_out, C, kh, kw), dL/d(window) for every output pixel.
-            x_shape: (N, C, H, W) of the unpadded input; kernel, stride, padding: pairs.
-
-        Returns:
-            dx of shape (N, C, H, W): ``dx[n, c, h, w] = sum of dcols[n, i, j, c, u, v]`` over the
-            windows (i, j) and offsets (u, v) with ``i*s_h + u - p_h = h`` and
-            ``j*s_w + v - p_w = w``.
-
-        Generic: kh*kw strided adds (25 for a 5x5 kernel). On 'cuda': one gather kernel.
-        """
-        if not self._use_fused():
-            return col2im_generic(dcols, x_shape, kernel, stride, padding)
-        N, C, H, W = x_shape
-        ho, wo = dcols.shape[1:3]
-        dx = self.xp.empty((N, C, H, W), dtype=dcols.dtype)
-        _cuda_kernels()["col2im"](
-            self.xp.ascontiguousarray(dcols), C, H, W, ho, wo, kernel[0], kernel[1], stride[0],
-            stride[1], padding[0], padding[1], dx,
         )
         return dx
 
@@ -311,24 +287,6 @@ def maxpool2d_route_generic(dy: Any, argmax: Any, x_shape: tuple, kernel: tuple,
         for v in range(kw):
             # the inputs at kernel offset (u, v) of every window form one strided slice
             dx_pad[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dy * (argmax == u * kw + v)
-    dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
-    return xp.ascontiguousarray(dx) if (ph or pw) else dx
-
-
-def col2im_generic(dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple,
-                   padding: tuple) -> Any:
-    """:meth:`Backend.col2im` written with array operations (any backend)."""
-    xp = backend_of(dcols).xp
-    N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    ho, wo = dcols.shape[1:3]
-    dx_pad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dcols.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            # windows never collide inside one kernel offset's strided slice
-            dx_pad[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dcols[
-                :, :, :, :, u, v
-            ].transpose(0, 3, 1, 2)
     dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
     return xp.ascontiguousarray(dx) if (ph or pw) else dx
 
@@ -391,20 +349,6 @@ _KERNEL_SOURCES = {
             "ADD_TERM",
             """const ptrdiff_t o = (nc * Ho + oi) * Wo + oj;
             if (argmax[o] == u * kw + v) acc += dy[o];""",
-        ),
-    ),
-    "col2im": (
-        "raw T dcols, int32 C, int32 H, int32 W, int32 Ho, int32 Wo, int32 kh, int32 kw, "
-        "int32 sh, int32 sw, int32 ph, int32 pw",
-        "T dx",
-        """
-        const ptrdiff_t c = (i / ((ptrdiff_t)W * H)) % C;
-        const ptrdiff_t n = i / ((ptrdiff_t)W * H * C);
-        """
-        + _GATHER_WINDOWS.replace(
-            "ADD_TERM",
-            # dcols[n, oi, oj, c, u, v] in a contiguous (N, Ho, Wo, C, kh, kw) array
-            "acc += dcols[((((n * Ho + oi) * Wo + oj) * C + c) * kh + u) * kw + v];",
         ),
     ),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .. import backend as B
 from .optimizer import Optimizer
 
 
@@ -38,12 +39,20 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=bool(nesterov)))
 
     def step(self) -> None:
-        """Update every parameter that has a gradient (parameters with ``grad is None`` are skipped)."""
+        """Update every parameter that has a gradient (skipping those whose ``grad`` is None)."""
         for group in self.param_groups:
             lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
             weight_decay, nesterov = group["weight_decay"], group["nesterov"]
             for p in group["params"]:
                 if p.grad is None:
+                    continue
+                backend = B.backend_of(p.data)
+                if backend.use_fused():  # on the GPU: the same rule as one fused kernel
+                    state = self.state.setdefault(id(p), {})
+                    buf = backend.sgd_update(p.data, p.grad, state.get("momentum_buffer"), lr,
+                                             momentum, dampening, weight_decay, nesterov)
+                    if buf is not None:
+                        state["momentum_buffer"] = buf
                     continue
                 g = p.grad
                 if weight_decay != 0:
