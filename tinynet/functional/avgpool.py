@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from .._utils import conv_output_size, pair
 from ..backend import backend_of
 from .conv import pad2d
+from .pooling import offset_slice
 
 
 class AvgPoolCache(NamedTuple):
@@ -40,12 +41,6 @@ class AvgPoolCache(NamedTuple):
     kernel: tuple
     stride: tuple
     padding: tuple
-
-
-def _offset_slice(a: Any, u: int, v: int, stride: tuple, out_hw: tuple) -> Any:
-    """``a[:, :, u + i*s_h, v + j*s_w]`` for all output positions (i, j): a strided view, like y."""
-    (sh, sw), (ho, wo) = stride, out_hw
-    return a[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw]
 
 
 def avgpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0):
@@ -75,11 +70,11 @@ def avgpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     x_pad = pad2d(x, padding)
     # y = sum over the kh*kw offsets of one strided slice each (views, nothing copied) ...
     y = xp.empty((N, C, ho, wo), dtype=x.dtype)
-    y[...] = _offset_slice(x_pad, 0, 0, stride, (ho, wo))
+    y[...] = offset_slice(x_pad, 0, 0, stride, (ho, wo))
     for u in range(kh):
         for v in range(kw):
             if u or v:
-                y += _offset_slice(x_pad, u, v, stride, (ho, wo))
+                y += offset_slice(x_pad, u, v, stride, (ho, wo))
     # ... divided by the window size (padded zeros included)
     y *= x.dtype.type(1.0 / (kh * kw))
     return y, AvgPoolCache(tuple(x.shape), kernel, stride, padding)
@@ -102,7 +97,7 @@ def avgpool2d_backward(dy: Any, cache: AvgPoolCache):
     for u in range(kh):
         for v in range(kw):
             # the inputs at offset (u, v) of every window: one strided slice; windows may overlap
-            _offset_slice(dx_pad, u, v, (sh, sw), (ho, wo))[...] += share
+            offset_slice(dx_pad, u, v, (sh, sw), (ho, wo))[...] += share
     dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
     return xp.ascontiguousarray(dx) if (ph or pw) else dx
 

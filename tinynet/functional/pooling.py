@@ -42,7 +42,7 @@ class MaxPoolCache(NamedTuple):
     padding: tuple
 
 
-def _offset_slice(a: Any, u: int, v: int, stride: tuple, out_hw: tuple) -> Any:
+def offset_slice(a: Any, u: int, v: int, stride: tuple, out_hw: tuple) -> Any:
     """``a[:, :, u + i*s_h, v + j*s_w]`` for all output positions (i, j): a strided view, like y."""
     (sh, sw), (ho, wo) = stride, out_hw
     return a[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw]
@@ -78,9 +78,9 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     offsets = [(u, v) for u in range(kh) for v in range(kw)]
     # y = running maximum over the kh*kw offset slices (views of x_pad, nothing copied)
     y = scratch(xp, "maxpool.y", (N, C, ho, wo), x.dtype)
-    y[...] = _offset_slice(x_pad, 0, 0, stride, (ho, wo))
+    y[...] = offset_slice(x_pad, 0, 0, stride, (ho, wo))
     for u, v in offsets[1:]:
-        xp.maximum(y, _offset_slice(x_pad, u, v, stride, (ho, wo)), out=y)
+        xp.maximum(y, offset_slice(x_pad, u, v, stride, (ho, wo)), out=y)
     if not is_grad_enabled():
         return y, None
     # argmax = the first offset (row-major) whose cell equals the maximum: walk backwards
@@ -90,7 +90,7 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     won = scratch(xp, "maxpool.won", y.shape, xp.bool_)
     for k in range(kh * kw - 2, -1, -1):
         u, v = offsets[k]
-        xp.equal(_offset_slice(x_pad, u, v, stride, (ho, wo)), y, out=won)
+        xp.equal(offset_slice(x_pad, u, v, stride, (ho, wo)), y, out=won)
         xp.copyto(argmax, dtype(k), where=won)
     return y, MaxPoolCache(argmax, x.shape, kernel, stride, padding)
 
@@ -122,7 +122,7 @@ def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
         for v in range(kw):
             # inputs at kernel offset (u, v) of every window: one strided slice, shaped like dy
             xp.equal(argmax, u * kw + v, out=won)
-            target = _offset_slice(dx_pad, u, v, (sh, sw), (ho, wo))
+            target = offset_slice(dx_pad, u, v, (sh, sw), (ho, wo))
             if overlap:
                 xp.multiply(dy, won, out=routed)
                 target += routed  # a cell in several windows collects from each

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
-from .._utils import conv_output_size, pair
-from ._checks import check_float_input, check_non_negative, check_positive
+from .._utils import pair
+from ._checks import check_float_input, check_positive
 from .module import Module
+from .pooling import _Pool2d
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     r"""Average pooling: each output pixel is the mean of a kh x kw window of its channel.
 
     Zero padding counts in the mean (PyTorch's default ``count_include_pad=True``).
@@ -29,49 +30,8 @@ class AvgPool2d(Module):
         every input of a window receives ``dy / (kh*kw)`` from it (overlaps add up).
     """
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
-        super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
-        self.padding = pair(padding, "padding")
-        check_positive("AvgPool2d", "kernel_size", self.kernel_size)
-        check_positive("AvgPool2d", "stride", self.stride)
-        check_non_negative("AvgPool2d", "padding", self.padding)
-        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ValueError(
-                f"AvgPool2d: padding {self.padding} must be at most half the kernel size "
-                f"{self.kernel_size}"
-            )
-
-    def output_shape(self, input_shape: tuple) -> tuple:
-        where = f"AvgPool2d({self.extra_repr()})"
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"{where}: expected a 4-D batch (N, C, H, W), got shape {tuple(input_shape)}"
-            )
-        n, c, h, w = input_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        if h + 2 * ph < kh or w + 2 * pw < kw:
-            raise ValueError(
-                f"{where}: the window {kh}x{kw} is larger than the padded input "
-                f"{h + 2 * ph}x{w + 2 * pw}"
-            )
-        return (n, c, conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw))
-
-    def forward(self, x: Any) -> Any:
-        check_float_input(f"AvgPool2d({self.extra_repr()})", x)
-        self.output_shape(x.shape)
-        y, cache = F.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        self.save_for_backward((cache, y.shape))
-        return y
-
-    def backward(self, grad_output: Any) -> Any:
-        cache, y_shape = self.saved()
-        self.check_grad_output(grad_output, y_shape)
-        return F.avgpool2d_backward(grad_output, cache)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+    forward_fn = staticmethod(F.avgpool2d_forward)
+    backward_fn = staticmethod(F.avgpool2d_backward)
 
 
 class AdaptiveAvgPool2d(Module):
