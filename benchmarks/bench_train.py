@@ -41,16 +41,12 @@ def _batches(n: int, batch_size: int, seed: int, max_batches: int | None) -> lis
 def run_tinynet(args) -> dict:
     import tinynet
     from tinynet import nn
+    from tinynet.models import course_cnn
 
     xtr, ytr = C.load_fashion_mnist(True, args.sample)
     xte, yte = C.load_fashion_mnist(False, args.sample)
     tinynet.manual_seed(args.seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 12, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(192, 120), nn.ReLU(), nn.Linear(120, 60), nn.ReLU(),
-        nn.Linear(60, 10),
-    )
+    model = course_cnn()
     loss_fn = nn.CrossEntropyLoss()
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = _batches(len(ytr), args.batch_size, args.seed, args.max_batches)
