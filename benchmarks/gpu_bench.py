@@ -198,8 +198,6 @@ def fused_cases(batch, device):
     y, cache = F.maxpool2d_forward(x, 2, 2)
     dy = backend.asarray(rng.standard_normal(y.shape), dtype=np.float32)
     pool = (x.shape, cache.kernel, cache.stride, cache.padding)
-    dcols = backend.asarray(rng.standard_normal((batch, 8, 8, 6, 5, 5)), dtype=np.float32)
-    conv = ((batch, 6, 12, 12), (5, 5), (1, 1), (0, 0))
     tinynet.manual_seed(0)
     params = [p.data for p in course_network(device).parameters()]
     grads = [backend.xp.ones_like(p) * 1e-3 for p in params]
@@ -212,7 +210,6 @@ def fused_cases(batch, device):
     return {
         "maxpool2d_route (pool1 backward)":
             lambda: backend.maxpool2d_route(dy, cache.argmax, *pool),
-        "col2im (conv2 backward dx)": lambda: backend.col2im(dcols, *conv),
         "sgd_update momentum (all 10 params)": sgd,
     }
 

@@ -491,6 +491,8 @@ def test_checkpoint_between_devices(tmp_path, save_from, load_to):
 
 
 @requires_cuda
+@pytest.mark.skipif(SIMULATED, reason="the example runs in a subprocess, which cannot see the "
+                    "simulated device")
 @pytest.mark.slow
 def test_example_script_with_device_cuda(tmp_path):
     script = ROOT / "examples" / "train_fashion_mnist.py"
