@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import tinynet
 import tinynet.nn as nn
+from tinynet.models import course_cnn
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
@@ -289,17 +290,11 @@ def assert_grad_close(analytic, numeric, what="", rtol=1e-5, atol=1e-6):
 COURSE_INPUT = (1, 28, 28)
 
 
-def course_network(**kw) -> nn.Sequential:
-    """Conv(1,6,5) ReLU Pool(2) Conv(6,12,5) ReLU Pool(2) Flatten Linear(192,120) ReLU
-    Linear(120,60) ReLU Linear(60,10): 28x28 grey images -> 10 logits."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, **kw), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 12, 5, **kw), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(192, 120, **kw), nn.ReLU(),
-        nn.Linear(120, 60, **kw), nn.ReLU(),
-        nn.Linear(60, 10, **kw),
-    )
+def course_network(dtype=None, device=None) -> nn.Sequential:
+    """The course network, as tinynet ships it (``tinynet.models.course_cnn``): Conv(1,6,5) ReLU
+    Pool(2) Conv(6,12,5) ReLU Pool(2) Flatten Linear(192,120) ReLU Linear(120,60) ReLU
+    Linear(60,10): 28x28 grey images -> 10 logits."""
+    return course_cnn(dtype=dtype, device=device)
 
 
 COURSE_KEYS = ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias",

@@ -26,6 +26,7 @@ import tinynet
 import tinynet.functional as F
 import tinynet.nn as nn
 from tinynet import backend as B
+from tinynet.models import course_cnn
 
 CUDA_OK, CUDA_WHY = B.cuda_status()
 # Without a GPU, TINYNET_SIMULATE_CUDA=1 runs these tests against a stand-in 'cuda' device: NumPy
@@ -189,16 +190,7 @@ def test_loss_labels_on_the_other_device_is_a_clear_error():
 # ----------------------------------------------------------------------------------------------
 def course_network(dtype=np.float32, device="cpu"):
     """The network of the course notes: conv(1->6, 5) -> pool -> conv(6->12, 5) -> pool -> 3 fc."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, dtype=dtype, device=device), nn.ReLU(),
-        nn.MaxPool2d(2, stride=2),
-        nn.Conv2d(6, 12, kernel_size=5, dtype=dtype, device=device), nn.ReLU(),
-        nn.MaxPool2d(2, stride=2),
-        nn.Flatten(),
-        nn.Linear(12 * 4 * 4, 120, dtype=dtype, device=device), nn.ReLU(),
-        nn.Linear(120, 60, dtype=dtype, device=device), nn.ReLU(),
-        nn.Linear(60, 10, dtype=dtype, device=device),
-    )
+    return course_cnn(dtype=dtype, device=device)
 
 
 def _batch(n=16, seed=0):

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from strategies import course_network
 
 import tinynet
 from tinynet import nn
 from tinynet.inspect import ShapeError, axis_names, summary, trace
-
-
-def course_net(**kw):
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, **kw), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 12, 5, **kw), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(192, 120, **kw), nn.ReLU(),
-        nn.Linear(120, 60, **kw), nn.ReLU(),
-        nn.Linear(60, 10, **kw),
-    )
 
 
 def counted_params(model):
@@ -29,7 +19,7 @@ def counted_params(model):
 
 # -- summary -------------------------------------------------------------------------------------
 def test_summary_rows_shapes_and_parameter_counts():
-    model = course_net()
+    model = course_network()
     s = summary(model, (1, 1, 28, 28))
     assert [r.type for r in s.rows] == [
         "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
@@ -54,20 +44,20 @@ def test_summary_rows_shapes_and_parameter_counts():
 
 
 def test_summary_batch_axis_and_memory_follow_the_input():
-    s = summary(course_net(), (64, 1, 28, 28))
+    s = summary(course_network(), (64, 1, 28, 28))
     assert s.rows[-1].output_shape == (64, 10)
     # per sample: the outputs of all 12 modules
     per_sample = 6 * 24 * 24 * 2 + 6 * 12 * 12 + 12 * 8 * 8 * 2 + 12 * 4 * 4 + 192 + 120 * 2 \
         + 60 * 2 + 10
     assert s.activation_values_per_sample == per_sample
     assert s.activation_bytes_per_sample == 4 * per_sample
-    s64 = summary(course_net(dtype="float64"), (2, 1, 28, 28))
+    s64 = summary(course_network(dtype="float64"), (2, 1, 28, 28))
     assert s64.activation_bytes_per_sample == 8 * per_sample
     assert f"{4 * per_sample:,} bytes" in str(s)
 
 
 def test_summary_arithmetic_strings():
-    s = summary(course_net(), (1, 1, 28, 28))
+    s = summary(course_network(), (1, 1, 28, 28))
     assert "H_out = (28 + 2*0 - 5) / 1 + 1 = 24" in s.rows[0].arithmetic
     assert "W_out = (28 + 2*0 - 5) / 1 + 1 = 24" in s.rows[0].arithmetic
     assert "H_out = (24 + 2*0 - 2) / 2 + 1 = 12" in s.rows[2].arithmetic
@@ -96,7 +86,7 @@ def test_summary_arithmetic_with_padding_stride_and_floor():
 
 
 def test_summary_groups_a_layer_with_its_operations():
-    s = summary(course_net(), (1, 1, 28, 28))
+    s = summary(course_network(), (1, 1, 28, 28))
     titles = [t for t, _ in s.groups]
     assert titles[0] == "layer 1 (hidden layer): Conv2d + ReLU + MaxPool2d"
     # the course: "the second layer is a conv layer that performs conv, ReLU and max pooling"
@@ -183,7 +173,7 @@ def test_summary_is_exported_and_runs_no_math(monkeypatch):
 
     for name in ("conv2d_forward", "maxpool2d_forward", "linear_forward", "relu_forward"):
         monkeypatch.setattr(F, name, boom)
-    assert summary(course_net(), (1, 1, 28, 28)).output_shape == (1, 10)
+    assert summary(course_network(), (1, 1, 28, 28)).output_shape == (1, 10)
 
 
 # -- trace ---------------------------------------------------------------------------------------
@@ -194,7 +184,7 @@ def _batch(n=4, seed=0, dtype=np.float32):
 
 def test_trace_leaves_the_model_unchanged():
     tinynet.manual_seed(0)
-    model = course_net().eval()
+    model = course_network().eval()
     weights = {k: v.copy() for k, v in model.state_dict().items()}
     x, y = _batch()
     report = trace(model, x, y, nn.CrossEntropyLoss())
@@ -210,7 +200,7 @@ def test_trace_leaves_the_model_unchanged():
 
 def test_trace_keeps_existing_gradients_and_train_mode():
     tinynet.manual_seed(1)
-    model = course_net()
+    model = course_network()
     loss_fn = nn.CrossEntropyLoss()
     x, y = _batch(seed=3)
     loss_fn(model(x), y)
@@ -224,7 +214,7 @@ def test_trace_keeps_existing_gradients_and_train_mode():
 
 def test_trace_reports_shapes_ranks_axes_and_statistics():
     tinynet.manual_seed(0)
-    model = course_net()
+    model = course_network()
     x, y = _batch(n=5)
     report = trace(model, x, y, nn.CrossEntropyLoss())
     rows = report.rows
@@ -260,7 +250,7 @@ def test_trace_reports_shapes_ranks_axes_and_statistics():
 
 def test_trace_on_a_device(device):
     tinynet.manual_seed(0)
-    model = course_net(device=device)
+    model = course_network(device=device)
     x, y = _batch(n=2)
     report = trace(model, tinynet.to_device(x, device), tinynet.to_device(y, device),
                    nn.CrossEntropyLoss())
@@ -313,7 +303,7 @@ def test_summary_and_trace_on_a_simulated_gpu(simulated_cuda):
     from tinynet import backend as B
 
     tinynet.manual_seed(0)
-    model = course_net(device=simulated_cuda)
+    model = course_network(device=simulated_cuda)
     x, y = _batch(n=3)
     x, y = B.to_device(x, "cuda"), B.to_device(y, "cuda")
     report = trace(model, x, y, nn.CrossEntropyLoss())
