@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._utils import conv_output_size, pair
+from .._utils import pair
 from ..backend import backend_of
 from .conv import pad2d
-from .pooling import offset_slice
+from .pooling import offset_slice, pool_geometry
 
 
 class AvgPoolCache(NamedTuple):
@@ -60,13 +60,9 @@ def avgpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     Backward: see :func:`avgpool2d_backward`.
     """
     xp = backend_of(x).xp
-    kernel = pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else pair(stride, "stride")
-    padding = pair(padding, "padding")
+    kernel, stride, padding, (ho, wo) = pool_geometry(x.shape, kernel_size, stride, padding)
     N, C, H, W = x.shape
     kh, kw = kernel
-    ho = conv_output_size(H, kh, stride[0], padding[0])
-    wo = conv_output_size(W, kw, stride[1], padding[1])
     x_pad = pad2d(x, padding)
     # y = sum over the kh*kw offsets of one strided slice each (views, nothing copied) ...
     y = xp.empty((N, C, ho, wo), dtype=x.dtype)

@@ -42,6 +42,21 @@ class MaxPoolCache(NamedTuple):
     padding: tuple
 
 
+def pool_geometry(x_shape: tuple, kernel_size: Any, stride: Any, padding: Any) -> tuple:
+    """The window arguments of a pooling layer as pairs, and its output size.
+
+    Returns ``(kernel, stride, padding, (H_out, W_out))``; ``stride`` defaults to the kernel and
+    ``H_out = floor((H + 2*p_h - kh) / s_h) + 1`` (W likewise).
+    """
+    kernel = pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else pair(stride, "stride")
+    padding = pair(padding, "padding")
+    H, W = x_shape[2:]
+    out_hw = (conv_output_size(H, kernel[0], stride[0], padding[0]),
+              conv_output_size(W, kernel[1], stride[1], padding[1]))
+    return kernel, stride, padding, out_hw
+
+
 def offset_slice(a: Any, u: int, v: int, stride: tuple, out_hw: tuple) -> Any:
     """``a[:, :, u + i*s_h, v + j*s_w]`` for all output positions (i, j): a strided view, like y."""
     (sh, sw), (ho, wo) = stride, out_hw
@@ -66,13 +81,9 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     Backward: see :func:`maxpool2d_backward`.
     """
     xp = backend_of(x).xp
-    kernel = pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else pair(stride, "stride")
-    padding = pair(padding, "padding")
+    kernel, stride, padding, (ho, wo) = pool_geometry(x.shape, kernel_size, stride, padding)
     N, C, H, W = x.shape
     kh, kw = kernel
-    ho = conv_output_size(H, kh, stride[0], padding[0])
-    wo = conv_output_size(W, kw, stride[1], padding[1])
 
     x_pad = pad2d(x, padding, value=-float("inf"))
     offsets = [(u, v) for u in range(kh) for v in range(kw)]
