@@ -251,8 +251,7 @@ def col2im(dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple, padding: tu
     ``dcols`` has the columns' layout (C*kh*kw, N*L); returns dx of shape ``x_shape`` (N, C, H, W)
     (a view into a larger padded buffer).
     """
-    backend = backend_of(dcols)
-    xp = backend.xp
+    xp = backend_of(dcols).xp
     N, C, H, W = x_shape
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
     hp, wp = H + 2 * ph, W + 2 * pw
@@ -262,13 +261,12 @@ def col2im(dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple, padding: tu
         L = ho * wp
         dcols = dcols.reshape(C, kh, kw, N, L)
         dx_pad = scratch(xp, "conv.dx", (N, C, hp + 1, wp), dcols.dtype, zero=True)
-        s0, s1, _, s3 = dx_pad.strides
-        flat = dx_pad.reshape(-1)
+        # each (image, channel) of dx_pad as one flat row, channels first like the columns' rows
+        dx_rows = dx_pad.reshape(N, C, (hp + 1) * wp).transpose(1, 0, 2)  # (C, N, (H_pad+1)*W_pad)
         for u in range(kh):
             for v in range(kw):
                 start = u * wp + v
-                target = backend.as_strided(flat[start:], shape=(C, N, L), strides=(s1, s0, s3))
-                target += dcols[:, u, v]
+                dx_rows[:, :, start : start + L] += dcols[:, u, v]
     else:
         # plain: offset (u, v) touches the strided slice x_pad[:, :, u::s_h, v::s_w]
         dcols = dcols.reshape(C, kh, kw, N, ho, wo)

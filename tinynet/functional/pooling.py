@@ -14,9 +14,11 @@ Backward:
 Tricks (kh*kw whole-array steps instead of a loop over windows, and no copy of the windows):
     * For one kernel offset (u, v), the cells that offset picks from every window form one strided
       slice of the input, x_pad[:, :, u::s_h, v::s_w], shaped like y. So y is the running maximum
-      of kh*kw such slices, and the winner's index ("argmax", u*kw + v, kept for backward) is found
-      by walking the offsets from last to first and taking every offset that equals the maximum:
-      the first one in row-major order is taken last, so it wins ties, as in PyTorch.
+      of kh*kw such slices, and the winner's index ("argmax", u*kw + v, kept for backward) moves
+      to offset k only where offset k is strictly greater than the maximum so far: the first
+      maximum in row-major order wins ties, as in PyTorch. Each slice is copied once into a
+      contiguous buffer before it is compared: NumPy's copies of strided slices are fast, its
+      comparisons on them are not (and no masked copy: `argmax = max(argmax, won * k)`).
     * Backward routes dy through the same slices: dx[slice of offset k] gets dy * (argmax == k).
       When the windows do not overlap (stride >= kernel), each input cell is in at most one window,
       so the slices are assigned instead of added (no scatter such as np.add.at, no read-back).
@@ -87,22 +89,32 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
 
     x_pad = pad2d(x, padding, value=-float("inf"))
     offsets = [(u, v) for u in range(kh) for v in range(kw)]
-    # y = running maximum over the kh*kw offset slices (views of x_pad, nothing copied)
+    grad = is_grad_enabled()
+    # y = running maximum over the kh*kw offset slices of x_pad. Each slice is first copied into
+    # one contiguous buffer ("cell"): NumPy copies a strided slice quickly, but its comparisons
+    # on strided slices run several times slower than on contiguous arrays (measured).
     y = scratch(xp, "maxpool.y", (N, C, ho, wo), x.dtype)
     y[...] = offset_slice(x_pad, 0, 0, stride, (ho, wo))
-    for u, v in offsets[1:]:
-        xp.maximum(y, offset_slice(x_pad, u, v, stride, (ho, wo)), out=y)
-    if not is_grad_enabled():
-        return y, None
-    # argmax = the first offset (row-major) whose cell equals the maximum: walk backwards
-    dtype = xp.int8 if kh * kw <= 127 else xp.int32
-    argmax = scratch(xp, "maxpool.argmax", y.shape, dtype)
-    argmax.fill(kh * kw - 1)
-    won = scratch(xp, "maxpool.won", y.shape, xp.bool_)
-    for k in range(kh * kw - 2, -1, -1):
+    if grad:
+        # argmax = the first offset (row-major) that holds the maximum: offset k takes over only
+        # where its cell is STRICTLY greater than the maximum so far, so earlier offsets win ties
+        # (as in PyTorch). Since k grows, "argmax = k where won" is max(argmax, won * k).
+        dtype = xp.int8 if kh * kw <= 127 else xp.int32
+        argmax = scratch(xp, "maxpool.argmax", y.shape, dtype)
+        argmax.fill(0)
+        won = scratch(xp, "maxpool.won", y.shape, xp.bool_)
+        k_won = scratch(xp, "maxpool.k_won", y.shape, dtype)
+    cell = scratch(xp, "maxpool.cell", y.shape, x.dtype)
+    for k in range(1, kh * kw):
         u, v = offsets[k]
-        xp.equal(offset_slice(x_pad, u, v, stride, (ho, wo)), y, out=won)
-        xp.copyto(argmax, dtype(k), where=won)
+        cell[...] = offset_slice(x_pad, u, v, stride, (ho, wo))
+        if grad:
+            xp.greater(cell, y, out=won)
+            xp.multiply(won, dtype(k), out=k_won)
+            xp.maximum(argmax, k_won, out=argmax)
+        xp.maximum(y, cell, out=y)
+    if not grad:
+        return y, None
     return y, MaxPoolCache(argmax, x.shape, kernel, stride, padding)
 
 
