@@ -22,22 +22,35 @@ Shapes:
 Backward (training mode), with dxhat = dy * gamma and sums over the M values of a channel:
     dbeta  = sum dy                    dgamma = sum dy * xhat
     dx     = (1/M) * inv_std * (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
-           = (gamma * inv_std / M) * (M * dy - dbeta - xhat * dgamma)          (the form we compute)
+           = (gamma * inv_std / M) * (M * dy - dbeta - xhat * dgamma)
     (the mean and the variance depend on every x of the channel: that gives the two sums.)
 Backward (evaluation mode): the statistics are constants, so dx = dy * gamma * inv_std.
+
+Speed (each pass over a big activation costs about as much as copying it, so count passes):
+    * The cache keeps xc = x - mean, not xhat = xc * inv_std: xhat is never written. Every formula
+      takes xhat = xc * inv_std with inv_std folded into a per-channel (C,) factor:
+          y  = xc * scale + beta                      with scale = gamma * inv_std
+          dgamma = inv_std * sum dy * xc
+          dx = scale * dy - (scale * inv_std * dgamma / M) * xc - scale * dbeta / M
+      Forward: 3 writes (xc, y, y + beta); backward: 4 (the three terms of dx and their sum).
+    * The sums over a channel are matrix products: (N, C, S) @ ones(S) for sum x, and
+      sum xc * xc, sum dy * xc as one einsum each, which multiplies and adds in one pass
+      without writing the products anywhere.
+    * xc, y and dx live in recycled buffers (``_recycle.scratch``): no page faults.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..backend import backend_of
+from ..backend import backend_of, is_grad_enabled
+from ._recycle import scratch
 
 
 class BatchNormCache(NamedTuple):
-    """What batchnorm_backward needs: the normalised input and the per-channel scale."""
+    """What batchnorm_backward needs: the centred input and the per-channel scale."""
 
-    xhat: Any  # (x - mean) * inv_std, the shape of x
+    xc: Any  # x - mean, the shape of x (xhat = xc * inv_std is never written out)
     inv_std: Any  # 1 / sqrt(var + eps), shape (C,)
     gamma: Any  # (C,) or None (affine=False)
     batch_stats: bool  # the batch's statistics (True) or the running ones (False) normalised x
@@ -51,12 +64,23 @@ def _channel_view(a: Any, ndim: int) -> Any:
 def channel_sum(a: Any) -> Any:
     """Sum over every axis but the channels, (N, C, ...) -> (C,).
 
-    Summing a contiguous (N, C, S) view along its last axis first (S = the spatial size) runs
-    along memory, which is several times faster than one reduction over axes (0, 2, 3).
+    For (N, C, S...) the spatial sum is a matrix product with a vector of ones, (N, C, S) @ (S,):
+    BLAS runs it along memory, several times faster than a reduction over axes (0, 2, 3).
     """
     if a.ndim == 2:
         return a.sum(axis=0)
-    return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).sum(axis=0)
+    a3 = a.reshape(a.shape[0], a.shape[1], -1)
+    ones = backend_of(a).xp.ones(a3.shape[2], dtype=a.dtype)
+    return (a3 @ ones).sum(axis=0)
+
+
+def channel_dot(a: Any, b: Any) -> Any:
+    """``sum a * b`` over every axis but the channels, (N, C, ...) x2 -> (C,), in one pass."""
+    xp = backend_of(a).xp
+    if a.ndim == 2:
+        return xp.einsum("nc,nc->c", a, b)
+    return xp.einsum("ncs,ncs->c", a.reshape(a.shape[0], a.shape[1], -1),
+                     b.reshape(b.shape[0], b.shape[1], -1))
 
 
 def values_per_channel(shape: tuple) -> int:
@@ -93,6 +117,7 @@ def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean:
     nd = x.ndim
     use_batch = training or running_mean is None
     eps = float(eps)
+    xc = None
     if use_batch:
         m = values_per_channel(x.shape)
         if m <= 1:
@@ -103,8 +128,8 @@ def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean:
             )
         # step 1: the batch statistics of each channel (biased variance normalises)
         mean = channel_sum(x) / m
-        xc = x - _channel_view(mean, nd)
-        var = channel_sum(xc * xc) / m
+        xc = xp.subtract(x, _channel_view(mean, nd), out=scratch(xp, "bn.xc", x.shape, x.dtype))
+        var = channel_dot(xc, xc) / m
         if training and running_mean is not None:
             # step 1b: running averages, with the UNBIASED variance (PyTorch's convention)
             mom = float(momentum)
@@ -114,20 +139,25 @@ def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean:
             running_var *= 1.0 - mom
             running_var += mom * unbiased.astype(running_var.dtype, copy=False)
     else:
-        mean, var = running_mean.astype(x.dtype, copy=False), running_var.astype(x.dtype,
-                                                                                  copy=False)
-        xc = x - _channel_view(mean, nd)
-    # step 2: normalise: xhat = (x - mean) / sqrt(var + eps)
+        mean, var = (running_mean.astype(x.dtype, copy=False),
+                     running_var.astype(x.dtype, copy=False))
+    # step 2 and 3: normalise and scale in one factor per channel,
+    # y = (x - mean) * inv_std * gamma + beta = xc * scale + beta
     inv_std = 1.0 / xp.sqrt(var + eps)
-    xhat = xc
-    xhat *= _channel_view(inv_std, nd)  # xc is a fresh array: scale it in place
-    # step 3: scale and shift
-    if gamma is not None:
-        y = xhat * _channel_view(gamma, nd)
+    scale = inv_std if gamma is None else gamma * inv_std
+    y = scratch(xp, "bn.y", x.shape, x.dtype)
+    if xc is None and not is_grad_enabled():
+        # evaluation without a backward: y = x * scale + (beta - mean * scale), xc never written
+        shift = -mean * scale if beta is None else beta - mean * scale
+        xp.multiply(x, _channel_view(scale, nd), out=y)
+        y += _channel_view(shift, nd)
+        return y, None
+    if xc is None:
+        xc = xp.subtract(x, _channel_view(mean, nd), out=scratch(xp, "bn.xc", x.shape, x.dtype))
+    xp.multiply(xc, _channel_view(scale, nd), out=y)
+    if beta is not None:
         y += _channel_view(beta, nd)
-    else:
-        y = xhat.copy()
-    return y, BatchNormCache(xhat, inv_std, gamma, bool(use_batch))
+    return y, BatchNormCache(xc, inv_std, gamma, bool(use_batch))
 
 
 def batchnorm_backward(dy: Any, cache: BatchNormCache):
@@ -145,21 +175,22 @@ def batchnorm_backward(dy: Any, cache: BatchNormCache):
     Returns:
         ``(dx, dgamma, dbeta)``: the shape of x, (C,), (C,) (dgamma, dbeta None without affine).
     """
-    xhat, inv_std, gamma, batch_stats = cache
+    xc, inv_std, gamma, batch_stats = cache
+    xp = backend_of(dy).xp
     nd = dy.ndim
-    # dL/dbeta and dL/dgamma: the shift adds dy, the scale multiplies xhat
+    # dL/dbeta and dL/dgamma: the shift adds dy, the scale multiplies xhat = xc * inv_std
     dbeta = channel_sum(dy)
-    dgamma = channel_sum(dy * xhat)
+    dgamma = inv_std * channel_dot(dy, xc)
     scale = inv_std if gamma is None else gamma * inv_std  # (C,): dy -> dxhat -> d(x - mean)
+    dx = xp.multiply(dy, _channel_view(scale, nd), out=scratch(xp, "bn.dx", dy.shape, dy.dtype))
     if batch_stats:
         m = values_per_channel(dy.shape)
-        # compact formula: dx = (gamma*inv_std/M) * (M*dy - sum(dy) - xhat * sum(dy*xhat))
-        dx = dy * float(m)
-        dx -= _channel_view(dbeta, nd)
-        dx -= xhat * _channel_view(dgamma, nd)
-        dx *= _channel_view(scale / m, nd)
-    else:
-        dx = dy * _channel_view(scale, nd)
+        # dx = scale * dy - scale/M * (dbeta + xhat * dgamma)
+        #    = scale * dy - (scale * inv_std * dgamma / M) * xc - scale * dbeta / M
+        term = xp.multiply(xc, _channel_view(scale * inv_std * dgamma / m, nd),
+                           out=scratch(xp, "bn.term", dy.shape, dy.dtype))
+        dx -= term
+        dx -= _channel_view(scale * dbeta / m, nd)
     if gamma is None:
         return dx, None, None
     return dx, dgamma, dbeta
