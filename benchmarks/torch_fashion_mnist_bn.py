@@ -60,11 +60,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--epochs", type=int, default=18)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--dropout", type=float, default=0.25)
+    p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--data", choices=("full", "sample"), default="full")
     p.add_argument("--seed", type=int, default=0)
