@@ -14,6 +14,7 @@ import tinynet
 from tinynet import backend as B
 from tinynet import nn
 from tinynet.data import ArrayDataset, DataLoader, FashionMNIST
+from tinynet.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 from tinynet.models import course_cnn
 from tinynet.train import HISTORY_KEYS, TrainingDiverged, evaluate, fit
 
@@ -229,13 +230,23 @@ class InterruptingLoader(DataLoader):
             yield batch
 
 
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(sample, tmp_path, capsys):
+def _augment(seed, augment=True):
+    """Loader keywords: random crops and flips with these seeds (or none)."""
+    if not augment:
+        return {}
+    return dict(transform=Compose([RandomCrop(28, padding=2, seed=seed),
+                                   RandomHorizontalFlip(seed=seed + 1)]))
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(sample, tmp_path, capsys, augment):
     data = _subset(sample[0], 160)  # 5 batches of 32
-    model, loss_fn, opt, loader = _setup(data)
+    model, loss_fn, opt, loader = _setup(data, **_augment(11, augment))
     straight = fit(model, loss_fn, opt, loader, epochs=2, progress=False, verbose=False)
     expected = _weights(model)
 
-    model, loss_fn, opt, loader = _setup(data, loader_cls=InterruptingLoader)
+    model, loss_fn, opt, loader = _setup(data, loader_cls=InterruptingLoader,
+                                         **_augment(11, augment))
     loader.interrupt_at = (1, 3)  # epoch 2, while fetching its 4th batch
     history = fit(model, loss_fn, opt, loader, epochs=2, out_dir=tmp_path, progress=False,
                   verbose=False, resume_hint="python train.py --resume")
@@ -249,7 +260,8 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(sample, tmp_path, capsys)
     assert (ckpt["epochs_completed"], ckpt["batch"]) == (1, 3)
     assert ckpt["train_loader"]["batch"] == 3 and ckpt["partial"]["seen"] == 96
 
-    model, loss_fn, opt, loader = _setup(data, seed=3)
+    # other seeds for everything: the checkpoint restores them all
+    model, loss_fn, opt, loader = _setup(data, seed=3, **_augment(98, augment))
     resumed = fit(model, loss_fn, opt, loader, epochs=2, out_dir=tmp_path, progress=False,
                   verbose=False, resume=tmp_path / "last.npz")
     assert resumed.status == "completed"

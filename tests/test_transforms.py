@@ -3,6 +3,8 @@ each output image is a flip or a shifted window of its input, the flip rate."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -68,6 +70,53 @@ def test_reproducible_from_manual_seed_or_seed():
     np.testing.assert_array_equal(a2, b2)
     assert (a1 != a2).any()  # fresh randomness each batch
     np.testing.assert_array_equal(RandomHorizontalFlip(seed=3)(x), RandomHorizontalFlip(seed=3)(x))
+
+
+def test_state_dict_continues_the_same_draws():
+    x = _batch(n=32)
+
+    def make(seed):
+        return Compose([RandomCrop((6, 5), padding=2, seed=seed),
+                        RandomHorizontalFlip(seed=seed + 1)])
+
+    a = make(1)
+    a(x)
+    state = json.loads(json.dumps(a.state_dict()))  # it survives JSON (checkpoints store JSON)
+    expected = [a(x) for _ in range(3)]
+    b = make(99)  # other seeds: everything comes from the state
+    b.load_state_dict(state)
+    for e in expected:
+        np.testing.assert_array_equal(b(x), e)
+    with pytest.raises(ValueError, match="Compose: the saved state has 2 transforms"):
+        Compose([RandomHorizontalFlip()]).load_state_dict(state)
+    with pytest.raises(KeyError, match="not a transform state"):
+        RandomHorizontalFlip().load_state_dict({})
+
+
+def test_loader_resumed_mid_epoch_gives_the_same_augmented_batches():
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.integers(0, 256, size=(50, 1, 8, 8)).astype(np.uint8),
+                        rng.integers(0, 10, size=50))
+
+    def loader(seed):
+        tinynet.manual_seed(seed)  # the transforms' seeds come from tinynet's host generator
+        return DataLoader(data, batch_size=8, shuffle=True, seed=seed,
+                          transform=Compose([RandomCrop(8, padding=1), RandomHorizontalFlip()]))
+
+    a = loader(0)
+    batches = iter(a)
+    for _ in range(3):
+        next(batches)
+    state = json.loads(json.dumps(a.state_dict()))  # in the middle of epoch 1
+    assert state["batch"] == 3 and "transform" in state
+    expected = list(batches) + list(a)  # the rest of epoch 1, then epoch 2
+    b = loader(5)
+    b.load_state_dict(state)
+    again = list(b) + list(b)
+    assert len(again) == len(expected) == 4 + 7
+    for (x0, y0), (x1, y1) in zip(expected, again, strict=True):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(y0, y1)
 
 
 def test_in_a_dataloader_labels_untouched():

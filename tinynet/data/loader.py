@@ -198,6 +198,7 @@ class DataLoader:
         self._in_progress = False  # an epoch has started and not finished
         self._batches_done = 0  # batches handed out in the epoch in progress
         self._epoch_start_state: dict | None = None  # generator state before this epoch's shuffle
+        self._epoch_start_transform: dict | None = None  # the transform's, at the same moment
         self._resume_batch = 0  # set by load_state_dict: batches to skip in the next epoch
 
     # -- sizes ----------------------------------------------------------------------------------
@@ -221,11 +222,17 @@ class DataLoader:
         # Remember the generator as it is *before* drawing this epoch's order: saving it lets a
         # resumed run draw the very same permutation.
         self._epoch_start_state = copy.deepcopy(self._rng.bit_generator.state)
+        self._epoch_start_transform = self._transform_state()
         order = self._rng.permutation(n) if self.shuffle else np.arange(n)
         self._epoch += 1
         self._in_progress = True
         self._batches_done = skip
 
+        # Resuming inside an epoch: the batches already done are made again and dropped when a
+        # random transform is attached, so that its generators advance exactly as they did.
+        replay = range(skip) if self._epoch_start_transform is not None else range(0)
+        for b in replay:
+            self._make_batch(order[b * self.batch_size : (b + 1) * self.batch_size])
         for b in range(skip, n_batches):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             batch = self._make_batch(index)
@@ -263,13 +270,19 @@ class DataLoader:
         ``batch`` (batches of that epoch already handed out, 0 between epochs), ``seed``,
         ``bit_generator_state`` (the NumPy generator state from which that epoch's order is
         drawn), and ``batch_size``/``num_samples``/``shuffle``/``drop_last`` to check that a
-        resumed loader matches. Save it in a checkpoint (e.g. with ``json.dump``).
+        resumed loader matches; plus ``transform``, the augmentation's generator states at the
+        same point (the start of the epoch in progress, whose done batches are replayed on
+        resume), when the transform has a ``state_dict`` (those of :mod:`tinynet.data.transforms`
+        do).
+        Save it in a checkpoint (e.g. with ``json.dump``).
         """
         if self._in_progress and self._batches_done < len(self):
             epoch, batch, state = self._epoch - 1, self._batches_done, self._epoch_start_state
+            transform_state = self._epoch_start_transform  # the batches done are replayed
         else:
             epoch, batch, state = self._epoch, 0, self._rng.bit_generator.state
-        return {
+            transform_state = self._transform_state()
+        saved = {
             "epoch": int(epoch),
             "batch": int(batch),
             "seed": self.seed,
@@ -279,6 +292,15 @@ class DataLoader:
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
         }
+        if transform_state is not None:
+            saved["transform"] = transform_state
+        return saved
+
+    def _transform_state(self) -> dict | None:
+        """The transform's generator states, if it has any (see :mod:`tinynet.data.transforms`)."""
+        if hasattr(self.transform, "state_dict"):
+            return copy.deepcopy(self.transform.state_dict())
+        return None
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s data: the next ``for`` loop continues exactly there.
@@ -307,6 +329,8 @@ class DataLoader:
         self.seed = int(state["seed"])
         self._rng = np.random.default_rng(self.seed)
         self._rng.bit_generator.state = copy.deepcopy(state["bit_generator_state"])
+        if state.get("transform") is not None and hasattr(self.transform, "load_state_dict"):
+            self.transform.load_state_dict(state["transform"])
         self._epoch = int(state["epoch"])
         self._resume_batch = int(state["batch"])
         self._in_progress = False

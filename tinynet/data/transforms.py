@@ -11,11 +11,15 @@ and the dtype. Labels are not touched (a flipped or shifted shirt is still a shi
 
 Randomness: each transform owns a generator on the batch's device, seeded from tinynet's host
 generator when the transform is created, so ``tinynet.manual_seed(s)`` before creating it makes
-the augmentation reproducible (or pass ``seed=``).
+the augmentation reproducible (or pass ``seed=``). ``state_dict()`` / ``load_state_dict()`` save
+and restore where the generators are, so a run resumed from a checkpoint draws the same crops and
+flips as one that never stopped (:class:`~tinynet.data.DataLoader` saves its transform's state
+with its own).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Sequence
 
 from .. import backend as B
@@ -40,6 +44,26 @@ class _RandomTransform:
             # the device's own generator type (NumPy's or CuPy's), seeded with our seed
             rng = self._rngs[backend.device] = backend.make_rng(self.seed)
         return rng.random(n, dtype=B.float64)
+
+    def state_dict(self) -> dict:
+        """The seed and the state of each device generator drawn from so far (JSON-friendly)."""
+        states = {}
+        for device, rng in self._rngs.items():
+            state = getattr(getattr(rng, "bit_generator", None), "state", None)
+            if isinstance(state, dict):
+                states[device] = copy.deepcopy(state)
+        return {"seed": self.seed, "generators": states}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s data: the next draws are those that would follow."""
+        if "seed" not in state or "generators" not in state:
+            raise KeyError("not a transform state: expected the keys 'seed' and 'generators' "
+                           "(what state_dict() returns)")
+        self.seed = int(state["seed"])
+        self._rngs = {}
+        for device, generator_state in state["generators"].items():
+            rng = self._rngs[device] = B.get_backend(device).make_rng(self.seed)
+            rng.bit_generator.state = copy.deepcopy(generator_state)
 
     @staticmethod
     def _check(where: str, x: Any) -> None:
@@ -148,6 +172,21 @@ class Compose:
         for t in self.transforms:
             x = t(x)
         return x
+
+    def state_dict(self) -> dict:
+        """The states of the transforms that have one (None for the others), in order."""
+        return {"transforms": [t.state_dict() if hasattr(t, "state_dict") else None
+                               for t in self.transforms]}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("transforms")
+        if saved is None or len(saved) != len(self.transforms):
+            raise ValueError(
+                f"Compose: the saved state has {len(saved or [])} transforms, this Compose has "
+                f"{len(self.transforms)}; build the same transforms in the same order")
+        for t, t_state in zip(self.transforms, saved, strict=True):
+            if t_state is not None:
+                t.load_state_dict(t_state)
 
     def __repr__(self) -> str:
         inner = "".join(f"\n    {t!r}," for t in self.transforms)
