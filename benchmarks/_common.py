@@ -27,7 +27,7 @@ MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel mean and std (as tinynet.dat
 
 
 def set_threads(n: int) -> Any:
-    """Limit BLAS/OpenMP pools to ``n`` threads (threadpoolctl); returns the limiter to keep alive."""
+    """Limit BLAS/OpenMP pools to ``n`` threads (threadpoolctl); returns the limiter (keep it)."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n)
@@ -42,7 +42,7 @@ def load_fashion_mnist(train: bool, sample: bool = False) -> tuple[np.ndarray, n
 
 
 def normalise(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 ``(x / 255 - mean) / std``, exactly as tinynet.data.DataLoader does."""
+    """uint8 pixels -> float32 ``(x / 255 - mean) / std``, as tinynet.data.DataLoader does."""
     x = images_u8.astype(np.float32)
     x /= np.float32(255.0)
     x -= np.float32(MEAN)

@@ -78,7 +78,8 @@ def time_torch(spec, x: np.ndarray, repeats: int) -> tuple[float, float]:
     layer = _torch_layer(spec)
     xt = torch.from_numpy(x).requires_grad_(True)
     y = layer(xt)
-    dy = torch.from_numpy(np.random.default_rng(1).standard_normal(tuple(y.shape)).astype(np.float32))
+    dy = np.random.default_rng(1).standard_normal(tuple(y.shape)).astype(np.float32)
+    dy = torch.from_numpy(dy)
     inputs = [xt] + list(layer.parameters())
 
     def fwd():

@@ -97,7 +97,8 @@ def run_torch(args) -> dict:
     batches = _batches(len(ytr), args.batch_size, args.seed, args.max_batches)
     warm = copy.deepcopy(model)  # warm-up steps on a throwaway copy: first-call costs not timed
     for idx in batches[:WARMUP]:
-        loss_fn(warm(torch.from_numpy(C.normalise(xtr[idx]))), torch.from_numpy(ytr[idx])).backward()
+        x, y = torch.from_numpy(C.normalise(xtr[idx])), torch.from_numpy(ytr[idx])
+        loss_fn(warm(x), y).backward()
     del warm
 
     t0 = time.perf_counter()
@@ -142,7 +143,8 @@ def parse_args(argv=None):
                    help="smoke test: 20 batches per run, batch 64 only")
     p.add_argument("--sample", action="store_true",
                    help="use tinynet's shipped sample instead of the full data set")
-    p.add_argument("--out-dir", default=None, help="folder for the JSON (default benchmarks/results)")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for the JSON (default benchmarks/results)")
     p.add_argument("--name", default=None, help="JSON file name (default bench_train[_quick])")
     p.add_argument("--worker", choices=["tinynet", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -193,7 +195,8 @@ def main(argv=None) -> int:
               "test acc", "", ""]
     table = C.markdown_table(header[:7], [r[:7] for r in rows])
     machine = C.machine_info(args.threads)
-    scope = "full epoch" if args.max_batches is None else f"{args.max_batches} batches, epoch extrapolated"
+    scope = ("full epoch" if args.max_batches is None
+             else f"{args.max_batches} batches, epoch extrapolated")
     print(f"\nCourse network, {scope}, {args.threads} threads, {machine['cpu']}\n")
     print(table)
     name = args.name or ("bench_train_quick" if args.quick else "bench_train")

@@ -27,7 +27,8 @@ def naive_conv2d(x, w, b, stride, padding):
         for f in range(Fo):
             for i in range(ho):
                 for j in range(wo):
-                    y[n, f, i, j] = (w[f] * xp[n, :, i * sh : i * sh + kh, j * sw : j * sw + kw]).sum()
+                    window = xp[n, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
+                    y[n, f, i, j] = (w[f] * window).sum()
             if b is not None:
                 y[n, f] += b[f]
     return y

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def pair(value: Any, name: str = "value") -> tuple[int, int]:
-    """``3 -> (3, 3)``, ``(3, 5) -> (3, 5)``: sizes may be given as an int or a pair (height, width)."""
+    """``3 -> (3, 3)``, ``(3, 5) -> (3, 5)``: a size given as an int or a pair (height, width)."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}")
@@ -27,5 +27,5 @@ def _is_integer(v: Any) -> bool:
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """``floor((size + 2*padding - kernel) / stride) + 1``: the output length of a sliding window."""
+    """``floor((size + 2*padding - kernel) / stride) + 1``: the output length of a window."""
     return (size + 2 * padding - kernel) // stride + 1

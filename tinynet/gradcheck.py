@@ -21,7 +21,7 @@ from .nn.module import Module
 
 
 class GradcheckError(AssertionError):
-    """A backward pass disagrees with finite differences (the message says where and by how much)."""
+    """A backward pass disagrees with finite differences (the message says where, by how much)."""
 
 
 def _as_float64(x: Any) -> Any:

@@ -62,7 +62,7 @@ _EVAL_COLS_ELEMENTS = 1 << 20
 
 
 class ConvCache(NamedTuple):
-    """What conv2d_backward needs: the columns (the windows each output pixel saw) and the weights."""
+    """What conv2d_backward needs: the columns (the windows each output pixel saw), the weights."""
 
     cols: Any  # (C_in*kh*kw, N*L): one row per weight position, one column per output pixel
     weight: Any  # (C_out, C_in, kh, kw)

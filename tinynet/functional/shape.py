@@ -18,7 +18,8 @@ def flatten_forward(x: Any, start_dim: int = 1, end_dim: int = -1):
     s = start_dim % nd if nd else 0
     e = end_dim % nd if nd else 0
     if s > e:
-        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for a {nd}-D input")
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for a "
+                         f"{nd}-D input")
     merged = 1
     for d in x.shape[s : e + 1]:
         merged *= d

@@ -99,8 +99,8 @@ class Conv2d(Module):
         n, c, h, w = input_shape
         if c != self.in_channels:
             raise ValueError(
-                f"{where}: expected {self.in_channels} input channels (axis 1 of (N, C, H, W)), got "
-                f"{c} in an input of shape {tuple(input_shape)}"
+                f"{where}: expected {self.in_channels} input channels (axis 1 of (N, C, H, W)), "
+                f"got {c} in an input of shape {tuple(input_shape)}"
             )
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if h + 2 * ph < kh or w + 2 * pw < kw:
@@ -135,7 +135,8 @@ class Conv2d(Module):
         return dx
 
     def extra_repr(self) -> str:
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
         if self.padding != (0, 0):
             s += f", padding={self.padding}"
         if self.bias is None:

@@ -2,7 +2,8 @@
 
 For a layer with ``fan_in`` inputs per output (in_features for Linear, C_in*kh*kw for Conv2d):
 
-    weight ~ U(-bound, bound),  bound = gain * sqrt(3 / fan_in),  gain = sqrt(2 / (1 + a^2)), a = sqrt(5)
+    weight ~ U(-bound, bound),  bound = gain * sqrt(3 / fan_in),
+    gain = sqrt(2 / (1 + a^2)),  a = sqrt(5)
            = U(-1/sqrt(fan_in), 1/sqrt(fan_in))            ("Kaiming uniform with a = sqrt(5)")
     bias   ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
 

@@ -47,9 +47,10 @@ class Linear(Module):
         check_positive("Linear", "in_features", (self.in_features,))
         check_positive("Linear", "out_features", (self.out_features,))
         shape = (self.out_features, self.in_features)
-        self.weight = Parameter(kaiming_uniform(shape, self.in_features, dtype=dtype, device=device))
+        kw = dict(dtype=dtype, device=device)
+        self.weight = Parameter(kaiming_uniform(shape, self.in_features, **kw))
         self.bias = (
-            Parameter(bias_uniform((self.out_features,), self.in_features, dtype=dtype, device=device))
+            Parameter(bias_uniform((self.out_features,), self.in_features, **kw))
             if bias
             else None
         )
@@ -101,4 +102,5 @@ class Linear(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")

@@ -60,7 +60,8 @@ class CrossEntropyLoss(Module):
         if isinstance(labels, (list, tuple)):
             labels = backend.asarray(labels)
         if not hasattr(labels, "dtype"):
-            raise TypeError(f"{where}: labels must be an array of class indices, got {type(labels).__name__}")
+            raise TypeError(f"{where}: labels must be an array of class indices, got "
+                            f"{type(labels).__name__}")
         B.check_same_device(f"{where} (labels)", labels, backend.device)
         if labels.dtype.kind not in "iu":
             raise TypeError(

@@ -304,7 +304,8 @@ class Module:
     def load_state_dict(self, state_dict: dict, strict: bool = True) -> Module:
         """Copy arrays from ``state_dict`` into the parameters and buffers (shapes must match).
 
-        Accepts NumPy or CuPy arrays (and PyTorch tensors: anything with ``.detach().cpu().numpy()``);
+        Accepts NumPy or CuPy arrays (and PyTorch tensors: anything with
+        ``.detach().cpu().numpy()``);
         values are copied to each parameter's device and dtype. With ``strict``, a missing or
         unexpected key is an error naming the key.
         """

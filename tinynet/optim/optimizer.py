@@ -65,7 +65,8 @@ class Optimizer:
 
     # -- state dicts: parameters are named by their position, as in PyTorch --------------------
     def state_dict(self) -> dict:
-        """``{'state': {index: {name: array}}, 'param_groups': [hyperparameters + param indices]}``."""
+        """``{'state': {index: {name: array}}, 'param_groups': [hyperparameters, param indices]}``.
+        """
         index = {id(p): i for i, p in enumerate(self._params())}
         state = {index[pid]: dict(s) for pid, s in self.state.items() if pid in index}
         groups = []
@@ -76,18 +77,20 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore hyperparameters and per-parameter state (arrays go to each parameter's device)."""
+        """Restore hyperparameters and per-parameter state (arrays go to each parameter's device).
+        """
         params = self._params()
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups) or any(
-            len(g["params"]) != len(mine["params"]) for g, mine in zip(groups, self.param_groups)
+            len(g["params"]) != len(mine["params"])
+            for g, mine in zip(groups, self.param_groups, strict=True)
         ):
             raise ValueError(
                 f"{type(self).__name__}.load_state_dict: the saved optimizer has "
                 f"{[len(g['params']) for g in groups]} parameters per group, this one "
                 f"{[len(g['params']) for g in self.param_groups]}"
             )
-        for saved, mine in zip(groups, self.param_groups):
+        for saved, mine in zip(groups, self.param_groups, strict=True):
             for k, v in saved.items():
                 if k != "params":
                     mine[k] = v
