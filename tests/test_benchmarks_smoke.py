@@ -41,3 +41,19 @@ def test_bench_train_quick(tmp_path):
     assert run["images"] == 5 * 64 and run["train_s"] > 0 and run["eval_s"] > 0
     assert 0 < run["peak_rss_mb"] < 2000
     assert 0.0 <= run["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("net", ["course", "bn"])
+def test_profile_step_quick(tmp_path, net):
+    cmd = [sys.executable, str(BENCH / "profile_step.py"), "--quick", "--net", net,
+           "--batch-size", "8", "--out-dir", str(tmp_path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "| module" in out and "SGD step" in out
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    first = data["modules"][0]
+    assert first["module"].startswith("Conv2d(1,") and first["fwd_ms"] > 0 and first["bwd_ms"] > 0
+    parts = sum(m["fwd_ms"] + m["bwd_ms"] for m in data["modules"])
+    # the timed parts are the step, less the loop's own few statements
+    assert parts + data["loss_ms"] + data["update_ms"] <= data["step_ms"] * 1.01
+    assert parts > 0.5 * data["step_ms"]
