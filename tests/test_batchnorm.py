@@ -120,6 +120,28 @@ def test_no_affine_and_no_tracking():
     assert list(m.parameters()) == []
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_eval_without_grad_takes_the_short_path_and_agrees(ndim, affine):
+    """Under no_grad, eval mode computes y = x * scale + shift without writing x - mean; the
+    result must equal the path that keeps a cache, and the running-statistics formula."""
+    shape = (6, 3, 4, 5) if ndim == 4 else (6, 3)
+    m = _module(ndim, 3, affine=affine)
+    for seed in range(3):  # a few training steps give non-trivial running statistics
+        m(normal(seed, shape) * 3.0 + 1.0)
+    m.eval()
+    x = normal(9, shape)
+    with_cache = m(x).copy()
+    with tinynet.no_grad():
+        short = m(x)
+    view = (1, 3) + (1,) * (ndim - 2)
+    gamma = m.weight.data.reshape(view) if affine else 1.0
+    beta = m.bias.data.reshape(view) if affine else 0.0
+    expected = (x - m.running_mean.reshape(view)) / np.sqrt(m.running_var.reshape(view) + m.eps)
+    np.testing.assert_allclose(short, with_cache, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(short, expected * gamma + beta, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------
 # PyTorch parity: several training steps, then eval
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Backward:
     maximum in row-major window order when several tie, as PyTorch does), zero elsewhere.
     Windows may overlap (stride < kernel), so an input that wins several windows collects the sum.
 
-Tricks (kh*kw whole-array steps instead of a loop over windows, and no copy of the windows):
+Tricks (kh*kw whole-array steps instead of a loop over windows; only one slice of the windows is
+copied at a time, never all of them):
     * For one kernel offset (u, v), the cells that offset picks from every window form one strided
       slice of the input, x_pad[:, :, u::s_h, v::s_w], shaped like y. So y is the running maximum
       of kh*kw such slices, and the winner's index ("argmax", u*kw + v, kept for backward) moves
