@@ -32,7 +32,7 @@ except ImportError:  # running from a checkout without `pip install`: use the ch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import tinynet
 from tinynet import nn
-from tinynet.data import ArrayDataset, DataLoader, DatasetNotFoundError, load_splits
+from tinynet.data import DataLoader, DatasetNotFoundError, load_splits
 from tinynet.models import course_cnn
 from tinynet.optim.lr_scheduler import StepLR
 from tinynet.train import TrainingDiverged, evaluate, fit
@@ -86,13 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
 
     try:
-        train_set, test_set = load_splits(args.data)
+        train_set, test_set = load_splits(args.data, limit=args.limit)
     except DatasetNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.limit is not None:
-        train_set = ArrayDataset(train_set.images[: args.limit], train_set.labels[: args.limit],
-                                 classes=train_set.classes)
 
     tinynet.manual_seed(args.seed)  # the same seed -> the same initial weights
     device = tinynet.backend.normalize_device(args.device)

@@ -40,7 +40,6 @@ from tinynet import nn
 from tinynet.data import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    ArrayDataset,
     DataLoader,
     DatasetNotFoundError,
     load_splits,
@@ -115,13 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     try:
-        train_set, test_set = load_splits(args.data)
+        train_set, test_set = load_splits(args.data, limit=args.limit)
     except DatasetNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.limit is not None:
-        train_set = ArrayDataset(train_set.images[: args.limit], train_set.labels[: args.limit],
-                                 classes=train_set.classes)
 
     tinynet.manual_seed(args.seed)  # weights, dropout masks, augmentation, shuffling
     device = tinynet.backend.normalize_device(args.device)

@@ -133,6 +133,17 @@ def test_auto_falls_back_to_the_sample_with_a_notice(monkeypatch, capsys):
     assert downloads == [False, True]
 
 
+def test_load_splits_limit_keeps_the_first_training_images():
+    from tinynet.data import fashion_mnist
+
+    full_train, full_test = fashion_mnist.load_splits("sample")
+    train, test = fashion_mnist.load_splits("sample", limit=300)
+    assert (len(train), len(test)) == (300, len(full_test))
+    np.testing.assert_array_equal(train.images, full_train.images[:300])
+    np.testing.assert_array_equal(train.labels, full_train.labels[:300])
+    assert train.classes == full_train.classes
+
+
 def test_resume_without_a_checkpoint_is_an_error(example, tmp_path, capsys):
     assert example.main(_quick(tmp_path, "--resume")) == 2
     assert "no checkpoint" in capsys.readouterr().err

@@ -464,14 +464,25 @@ class FashionMNIST(ArrayDataset):
 
 
 
-def load_splits(data: str = "auto") -> tuple[FashionMNIST, FashionMNIST]:
+def load_splits(data: str = "auto", limit: int | None = None) -> tuple[ArrayDataset, FashionMNIST]:
     """The training and test splits, as an example script's ``--data auto|full|sample`` asks.
 
     * ``'full'``: the 60,000 + 10,000 images, downloading them when no folder holds them.
     * ``'sample'``: the 2,000 + 500 images shipped inside tinynet.
     * ``'auto'``: the full data when it is on disk (never the network), else the sample, with a
       notice on stderr saying how to get the full data.
+
+    ``limit`` (an example's ``--limit``): keep only the first ``limit`` training images, as an
+    :class:`ArrayDataset` with the same class names (the test split stays whole).
     """
+    train, test = _splits(data)
+    if limit is not None:
+        train = ArrayDataset(train.images[:limit], train.labels[:limit], classes=train.classes)
+    return train, test
+
+
+def _splits(data: str) -> tuple[FashionMNIST, FashionMNIST]:
+    """:func:`load_splits` without the limit."""
     if data not in ("auto", "full", "sample"):
         raise ValueError(f"data must be 'auto', 'full' or 'sample', got {data!r}")
     if data != "sample":
