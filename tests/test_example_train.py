@@ -155,3 +155,21 @@ def test_plot_flag_saves_three_pngs(example, tmp_path):
     for name in ("history.png", "confusion_matrix.png", "predictions.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+
+
+def test_bn_example_runs_on_a_limited_sample(tmp_path, capsys):
+    """examples/train_fashion_mnist_bn.py: --limit reaches the loader; one epoch trains and
+    saves a checkpoint with the BatchNorm buffers."""
+    path = ROOT / "examples" / "train_fashion_mnist_bn.py"
+    spec = importlib.util.spec_from_file_location("train_fashion_mnist_bn_example", path)
+    bn_example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bn_example)
+    assert bn_example.main(["--data", "sample", "--limit", "256", "--epochs", "1",
+                            "--batch-size", "64", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "data: 256 training images, 500 test images" in out
+    assert "1 epochs x 4 batches of 64" in out and "final test accuracy" in out
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
+    state = tinynet.load(tmp_path / "last.npz")["model"]
+    assert "1.running_mean" in state and "1.num_batches_tracked" in state
