@@ -58,42 +58,36 @@ def torch_course_network():
 # ----------------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------------
-@few
-@given(cfg=conv_configs(), seed=seeds)
-def test_conv2d(cfg, seed):
+def _weighted_layer_parity(cfg, seed, torch_fn):
+    """The layer of ``cfg`` (weight, maybe bias) against ``torch_fn(x, weight, bias)``: output,
+    dL/dx and the parameters' gradients for the same random dL/dy."""
     tinynet.manual_seed(seed % 1000)
-    conv = cfg.module(dtype=tinynet.float64)
+    layer = cfg.module(dtype=tinynet.float64)
     x, dy = normal(seed, cfg.x_shape), normal(seed + 1, cfg.y_shape)
-    y = conv(x)
-    dx = conv.backward(dy)
-    xt, wt = t(x, True), t(conv.weight.data, True)
-    bt = t(conv.bias.data, True) if cfg.bias else None
-    yt = TF.conv2d(xt, wt, bt, stride=cfg.stride, padding=cfg.padding)
+    y = layer(x)
+    dx = layer.backward(dy)
+    xt, wt = t(x, True), t(layer.weight.data, True)
+    bt = t(layer.bias.data, True) if cfg.bias else None
+    yt = torch_fn(xt, wt, bt)
     yt.backward(t(dy))
     np.testing.assert_allclose(y, n(yt), **TOL)
     np.testing.assert_allclose(dx, n(xt.grad), **TOL)
-    np.testing.assert_allclose(conv.weight.grad, n(wt.grad), **TOL)
+    np.testing.assert_allclose(layer.weight.grad, n(wt.grad), **TOL)
     if cfg.bias:
-        np.testing.assert_allclose(conv.bias.grad, n(bt.grad), **TOL)
+        np.testing.assert_allclose(layer.bias.grad, n(bt.grad), **TOL)
+
+
+@few
+@given(cfg=conv_configs(), seed=seeds)
+def test_conv2d(cfg, seed):
+    _weighted_layer_parity(cfg, seed, lambda xt, wt, bt: TF.conv2d(
+        xt, wt, bt, stride=cfg.stride, padding=cfg.padding))
 
 
 @few
 @given(cfg=linear_configs(), seed=seeds)
 def test_linear(cfg, seed):
-    tinynet.manual_seed(seed % 1000)
-    fc = cfg.module(dtype=tinynet.float64)
-    x, dy = normal(seed, cfg.x_shape), normal(seed + 1, cfg.y_shape)
-    y = fc(x)
-    dx = fc.backward(dy)
-    xt, wt = t(x, True), t(fc.weight.data, True)
-    bt = t(fc.bias.data, True) if cfg.bias else None
-    yt = TF.linear(xt, wt, bt)
-    yt.backward(t(dy))
-    np.testing.assert_allclose(y, n(yt), **TOL)
-    np.testing.assert_allclose(dx, n(xt.grad), **TOL)
-    np.testing.assert_allclose(fc.weight.grad, n(wt.grad), **TOL)
-    if cfg.bias:
-        np.testing.assert_allclose(fc.bias.grad, n(bt.grad), **TOL)
+    _weighted_layer_parity(cfg, seed, TF.linear)
 
 
 def _pool_parity(cfg, x, dy):
