@@ -107,13 +107,20 @@ def pool_geometry(draw):
 
 
 # -- tests ---------------------------------------------------------------------------------------
-@settings(max_examples=60, deadline=None)
-@given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
-def test_conv2d_matches_naive_loops(geometry, seed):
+def _conv_inputs(geometry, seed):
+    """Random float64 x, w and b (None without bias) for a drawn geometry, and the generator."""
     x_shape, w_shape, stride, padding, has_bias = geometry
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[0]) if has_bias else None
+    return x, w, b, stride, padding, rng
+
+
+@settings(max_examples=60, deadline=None)
+@given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
+def test_conv2d_matches_naive_loops(geometry, seed):
+    x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
+    has_bias = b is not None
     y, cache = F.conv2d_forward(x, w, b, stride, padding)
     np.testing.assert_allclose(y, naive_conv2d(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
     assert y.flags.c_contiguous and y.dtype == np.float64
@@ -193,10 +200,8 @@ def test_conv2d_without_input_grad_and_under_no_grad(geometry, seed):
     import tinynet
     from tinynet.functional import conv as conv_mod
 
-    x_shape, w_shape, stride, padding, has_bias = geometry
-    rng = np.random.default_rng(seed)
-    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    b = rng.standard_normal(w_shape[0]) if has_bias else None
+    x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
+    has_bias = b is not None
     y, cache = F.conv2d_forward(x, w, b, stride, padding)
     dy = rng.standard_normal(y.shape)
     dx_full, dw_full, db_full = F.conv2d_backward(dy, cache)
