@@ -230,9 +230,9 @@ class DataLoader:
 
         # Resuming inside an epoch: the batches already done are made again and dropped when a
         # random transform is attached, so that its generators advance exactly as they did.
-        replay = range(skip) if self._epoch_start_transform is not None else range(0)
-        for b in replay:
-            self._make_batch(order[b * self.batch_size : (b + 1) * self.batch_size])
+        if self._epoch_start_transform is not None:
+            for b in range(skip):
+                self._make_batch(order[b * self.batch_size : (b + 1) * self.batch_size])
         for b in range(skip, n_batches):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             batch = self._make_batch(index)

@@ -83,6 +83,12 @@ def channel_dot(a: Any, b: Any) -> Any:
                      b.reshape(b.shape[0], b.shape[1], -1))
 
 
+def _centred(x: Any, mean: Any) -> Any:
+    """``x - mean`` per channel, written into a recycled buffer."""
+    xp = backend_of(x).xp
+    return xp.subtract(x, _channel_view(mean, x.ndim), out=scratch(xp, "bn.xc", x.shape, x.dtype))
+
+
 def values_per_channel(shape: tuple) -> int:
     """M = N * (spatial size): how many values each channel's statistics average over."""
     m = shape[0]
@@ -128,7 +134,7 @@ def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean:
             )
         # step 1: the batch statistics of each channel (biased variance normalises)
         mean = channel_sum(x) / m
-        xc = xp.subtract(x, _channel_view(mean, nd), out=scratch(xp, "bn.xc", x.shape, x.dtype))
+        xc = _centred(x, mean)
         var = channel_dot(xc, xc) / m
         if training and running_mean is not None:
             # step 1b: running averages, with the UNBIASED variance (PyTorch's convention)
@@ -153,7 +159,7 @@ def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean:
         y += _channel_view(shift, nd)
         return y, None
     if xc is None:
-        xc = xp.subtract(x, _channel_view(mean, nd), out=scratch(xp, "bn.xc", x.shape, x.dtype))
+        xc = _centred(x, mean)
     xp.multiply(xc, _channel_view(scale, nd), out=y)
     if beta is not None:
         y += _channel_view(beta, nd)
