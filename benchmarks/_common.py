@@ -27,9 +27,13 @@ MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel mean and std (as tinynet.dat
 
 
 def set_threads(n: int) -> Any:
-    """Limit BLAS/OpenMP pools to ``n`` threads (threadpoolctl); returns the limiter (keep it)."""
+    """``n`` threads for tinynet's kernels, and BLAS/OpenMP pools limited to ``n`` (threadpoolctl;
+    tinynet then holds BLAS at 1 thread inside its own). Returns the limiter (keep it)."""
     from threadpoolctl import threadpool_limits
 
+    import tinynet
+
+    tinynet.set_num_threads(n)
     return threadpool_limits(limits=n)
 
 

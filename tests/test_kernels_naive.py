@@ -12,7 +12,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tinynet
 import tinynet.functional as F
+from tinynet import threads
+
+
+@pytest.fixture(autouse=True, scope="module", params=["1 thread", "3 threads"])
+def threads_mode(request):
+    """Every test here runs twice: on one thread, and split over 3 threads in blocks as small as
+    one image (``tinynet.threads``), so that block boundaries fall inside the small drawn shapes."""
+    saved = tinynet.get_num_threads(), threads.MIN_BLOCK_NUMBERS
+    if request.param == "3 threads":
+        tinynet.set_num_threads(3)
+        threads.MIN_BLOCK_NUMBERS = 1
+    else:
+        tinynet.set_num_threads(1)
+    yield request.param
+    tinynet.set_num_threads(saved[0])
+    threads.MIN_BLOCK_NUMBERS = saved[1]
 
 
 # -- naive references ----------------------------------------------------------------------------

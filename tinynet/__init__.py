@@ -14,6 +14,7 @@ from . import (  # noqa: E402  (training: fit/evaluate, checkpoints)
     models,
     nn,
     optim,
+    threads,
     train,
 )
 from .backend import (
@@ -32,6 +33,7 @@ from .backend import (
 from .checkpoint import load, load_into, save  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck
 from .inspect import summary  # noqa: E402
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -56,6 +58,9 @@ __all__ = [
     "gradcheck",
     "inspect",
     "summary",
+    "threads",
+    "get_num_threads",
+    "set_num_threads",
     "checkpoint",
     "models",
     "train",

@@ -44,6 +44,10 @@ Backward (dy: (N, C_out, H_out, W_out), reordered once like Y: dY of shape (C_ou
 Evaluation (inside ``tinynet.no_grad()``) keeps no columns for backward, so a large batch is
 convolved a slice of images at a time: the columns of one slice stay small (in the CPU cache).
 
+Threads: the images of a batch are independent, so forward (pad, im2col, product, reorder) and
+backward (dY, dW's share, dcols, col2im) run on one block of images per thread
+(``tinynet.threads.for_batch``); the blocks' shares of dW and db are added at the end.
+
 Memory: the columns, outputs and gradients go into recycled buffers (``_recycle.scratch``), because
 on the CPU fresh multi-megabyte arrays every step cost page faults (half a step, measured).
 """
@@ -54,6 +58,7 @@ from typing import Any, NamedTuple
 
 from .._utils import conv_output_size, pair
 from ..backend import backend_of, is_grad_enabled
+from ..threads import for_batch
 from ._recycle import scratch
 
 # inside no_grad, images per slice are chosen so that one slice's columns hold about this many
@@ -100,42 +105,66 @@ def window_view(x: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> Any:
     )
 
 
-def im2col(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple) -> tuple:
-    """The columns of an input batch (N, C, H, W), padded and copied once.
+class _Columns(NamedTuple):
+    """The columns of a batch, filled a block of images at a time by :func:`fill_columns`."""
 
-    Returns ``(cols, row_pitch)``: cols of shape (C*kh*kw, N*L) with
+    cols: Any  # (C*kh*kw, N*L); image n owns the columns n*L ... n*L + L - 1
+    per_image: int  # L
+    row_pitch: int  # W_pad for flat rows (stride 1), 0 for the plain layout
+    x_pad: Any  # the padded input the windows are read from
+    windows: Any  # strided view (C, kh, kw, N, ...) of x_pad, shaped like cols row by row
+    padding: tuple
+
+
+def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple) -> _Columns:
+    """Buffers for the columns of an input batch (N, C, H, W); nothing is copied yet.
+
     ``cols[(c, u, v), n*L + q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
-    column q; ``row_pitch = W_pad`` and ``q = i*W_pad + j``, ``L = H_out*W_pad`` for stride 1
-    (flat rows, with junk columns j >= W_out), ``row_pitch = 0`` and ``q = i*W_out + j``,
-    ``L = H_out*W_out`` otherwise.
+    column q of image n: ``q = i*W_pad + j``, ``L = H_out*W_pad`` for stride 1 (flat rows, with
+    junk columns j >= W_out), ``q = i*W_out + j``, ``L = H_out*W_out`` otherwise.
     """
     backend = backend_of(x)
     xp = backend.xp
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
     hp, wp = H + 2 * ph, W + 2 * pw
+    # (the role names the padding: every user of one buffer writes the same inside, so the
+    # borders and the spare row of a recycled buffer are still 0)
     if (sh, sw) == (1, 1):
         # flat rows: the padded input with one spare zero row, so that the slice of the last
         # offset, [(kh-1)*W_pad + kw-1, ... + H_out*W_pad), stays inside its own channel
-        # (the role names the padding: every user of one buffer writes the same inside, so the
-        # borders and the spare row of a recycled buffer are still 0)
         x_pad = scratch(xp, f"conv.x_pad.{ph}.{pw}", (N, C, hp + 1, wp), x.dtype)
-        x_pad[:, :, ph : ph + H, pw : pw + W] = x
         L, pitch = ho * wp, wp
         s0, s1, s2, s3 = x_pad.strides
-        # view[c, u, v, n, q] = x_pad_flat[n, c, u*W_pad + v + q]
-        view = backend.as_strided(x_pad, shape=(C, kh, kw, N, L), strides=(s1, s2, s3, s0, s3))
+        # windows[c, u, v, n, q] = x_pad_flat[n, c, u*W_pad + v + q]
+        windows = backend.as_strided(x_pad, shape=(C, kh, kw, N, L),
+                                     strides=(s1, s2, s3, s0, s3))
     else:
-        x_pad = pad2d(x, padding)
+        x_pad = scratch(xp, f"conv.x_pad_plain.{ph}.{pw}", (N, C, hp, wp), x.dtype)
         L, pitch = ho * wo, 0
         s0, s1, s2, s3 = x_pad.strides
-        # plain: view[c, u, v, n, i, j] = x_pad[n, c, i*s_h + u, j*s_w + v]
-        view = backend.as_strided(
+        # plain: windows[c, u, v, n, i, j] = x_pad[n, c, i*s_h + u, j*s_w + v]
+        windows = backend.as_strided(
             x_pad, shape=(C, kh, kw, N, ho, wo), strides=(s1, s2, s3, s0, s2 * sh, s3 * sw)
         )
     cols = scratch(xp, "conv.cols", (C * kh * kw, N * L), x.dtype)
-    cols.reshape(view.shape)[...] = view  # the one copy of im2col
-    return cols, pitch
+    return _Columns(cols, L, pitch, x_pad, windows, padding)
+
+
+def fill_columns(columns: _Columns, x: Any, lo: int, hi: int) -> None:
+    """im2col for images lo..hi-1: pad them, then copy their windows into their columns."""
+    ph, pw = columns.padding
+    H, W = x.shape[2:]
+    columns.x_pad[lo:hi, :, ph : ph + H, pw : pw + W] = x[lo:hi]
+    # the one copy of im2col
+    columns.cols.reshape(columns.windows.shape)[:, :, :, lo:hi] = columns.windows[:, :, :, lo:hi]
+
+
+def im2col(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple) -> tuple:
+    """The columns of a whole batch (see :func:`columns_for`): returns ``(cols, row_pitch)``."""
+    columns = columns_for(x, kernel, stride, padding, out_hw)
+    fill_columns(columns, x, 0, x.shape[0])
+    return columns.cols, columns.row_pitch
 
 
 def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
@@ -150,18 +179,30 @@ def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
 
 def _forward_into(out: Any, x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple,
                   padding: tuple) -> tuple:
-    """``out[...] = conv(x) + b`` for a batch or a slice of one; returns ``(cols, row_pitch)``."""
+    """``out[...] = conv(x) + b`` for a batch or a slice of one; returns ``(cols, row_pitch)``.
+
+    The images are split into one block per thread (``tinynet.threads``); each block is padded,
+    copied into its columns, multiplied and reordered by one thread.
+    """
     xp = backend_of(x).xp
     n, f = x.shape[0], w2d.shape[0]
-    cols, pitch = im2col(x, kernel, stride, padding, out.shape[2:])
-    # Y = W @ cols: every output pixel's dot product, the whole batch in one matrix product
-    y2d = xp.matmul(w2d, cols, out=scratch(xp, "conv.y", (f, cols.shape[1]), cols.dtype))
-    y = _pixels(y2d, n, out.shape[2:], pitch)
-    if bias is not None:
-        xp.add(y, bias.reshape(f, 1, 1), out=out)  # one pass: reorders to (N, C_out, ...) + bias
-    else:
-        out[...] = y
-    return cols, pitch
+    columns = columns_for(x, kernel, stride, padding, out.shape[2:])
+    cols, L = columns.cols, columns.per_image
+    y2d = scratch(xp, "conv.y", (f, cols.shape[1]), cols.dtype)
+    y = _pixels(y2d, n, out.shape[2:], columns.row_pitch)
+
+    def block(lo: int, hi: int) -> None:
+        fill_columns(columns, x, lo, hi)
+        # Y = W @ cols: every output pixel's dot product, the block in one matrix product
+        c = slice(lo * L, hi * L)
+        xp.matmul(w2d, cols[:, c], out=y2d[:, c])
+        if bias is not None:  # one pass: reorders to (N, C_out, ...) and adds the bias
+            xp.add(y[lo:hi], bias.reshape(f, 1, 1), out=out[lo:hi])
+        else:
+            out[lo:hi] = y[lo:hi]
+
+    for_batch(xp, n, block)
+    return cols, columns.row_pitch
 
 
 def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0):
@@ -195,9 +236,13 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
         # (replaces one huge columns matrix for the whole batch: small slices stay in the cache)
         per_image = C * kh * kw * ho * (W + 2 * padding[1])
         step = max(1, _EVAL_COLS_ELEMENTS // per_image)
-        for n0 in range(0, N, step):
-            _forward_into(out[n0 : n0 + step], x[n0 : n0 + step], w2d, bias, (kh, kw), stride,
-                          padding)
+
+        def block(lo: int, hi: int) -> None:  # one thread's images, a slice at a time
+            for n0 in range(lo, hi, step):
+                n1 = min(n0 + step, hi)
+                _forward_into(out[n0:n1], x[n0:n1], w2d, bias, (kh, kw), stride, padding)
+
+        for_batch(xp, N, block)
         return out, None
     cols, pitch = _forward_into(out, x, w2d, bias, (kh, kw), stride, padding)
     return out, ConvCache(cols, weight, x.shape, stride, padding, bias is not None, pitch)
@@ -225,54 +270,82 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
     cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch = cache
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
+    L = cols.shape[1] // N
 
     # dY laid out like the columns: (C_out, N*L); for flat rows, rows of length W_pad with zeros
     # in the junk columns (a recycled buffer of this role only ever had its valid columns written)
     dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, N, ho, pitch or wo), dy.dtype)
-    dy_rows[:, :, :, :wo] = dy.transpose(1, 0, 2, 3)
     dY = dy_rows.reshape(F, cols.shape[1])
-    # dL/dW = sum over batch and positions of dy (x) window: ONE product (C_out, N*L) @ (N*L, K)
-    dw = (dY @ cols.T).reshape(weight.shape)
-    # dL/db = sum of dy over batch and positions (the junk columns are zeros)
-    db = dY.sum(axis=1) if has_bias else None
+    if input_grad:
+        w2d_t = weight.reshape(F, C * kh * kw).T
+        dcols = scratch(xp, "conv.dcols", cols.shape, cols.dtype)
+        dx_pad = col2im_buffer(xp, (N, C, H, W), (ph, pw), pitch, cols.dtype)
+
+    def block(lo: int, hi: int) -> tuple:
+        """The images lo..hi-1 (one thread): their dx, and their share of dW and db."""
+        dy_rows[:, lo:hi, :, :wo] = dy[lo:hi].transpose(1, 0, 2, 3)
+        c = slice(lo * L, hi * L)
+        # dL/dW = sum over images and positions of dy (x) window: ONE product per block
+        dw = dY[:, c] @ cols[:, c].T
+        # dL/db = sum of dy over images and positions (the junk columns are zeros)
+        db = dY[:, c].sum(axis=1) if has_bias else None
+        if input_grad:
+            # dL/dcols = W^T @ dY: each window's share of the input gradient
+            xp.matmul(w2d_t, dY[:, c], out=dcols[:, c])
+            col2im_block(dcols, dx_pad, (N, C, H, W), (kh, kw), (sh, sw), (ho, wo), pitch,
+                         lo, hi)
+        return dw, db
+
+    # one block per thread; the blocks' shares of dW and db are added in block order
+    # (so a run is repeatable for a given number of threads)
+    parts = for_batch(xp, N, block)
+    dw, db = parts[0]
+    for dw_k, db_k in parts[1:]:
+        dw += dw_k
+        if has_bias:
+            db += db_k
+    dw = dw.reshape(weight.shape)
     if not input_grad:
         return None, dw, db
-    # dL/dcols = W^T @ dY: each window's share of the input gradient, (C_in*kh*kw, N*L)
-    dcols = xp.matmul(weight.reshape(F, C * kh * kw).T, dY,
-                      out=scratch(xp, "conv.dcols", cols.shape, cols.dtype))
-    dx = col2im(dcols, (N, C, H, W), (kh, kw), (sh, sw), (ph, pw), (ho, wo), pitch)
-    return dx, dw, db
+    return dx_pad[:, :, ph : ph + H, pw : pw + W], dw, db
 
 
-def col2im(dcols: Any, x_shape: tuple, kernel: tuple, stride: tuple, padding: tuple,
-           out_hw: tuple, row_pitch: int) -> Any:
-    """The adjoint of :func:`im2col`: add each column entry back onto the input pixel it came from.
-
-    ``dcols`` has the columns' layout (C*kh*kw, N*L); returns dx of shape ``x_shape`` (N, C, H, W)
-    (a view into a larger padded buffer).
-    """
-    xp = backend_of(dcols).xp
+def col2im_buffer(xp: Any, x_shape: tuple, padding: tuple, row_pitch: int, dtype: Any) -> Any:
+    """The padded input gradient that :func:`col2im_block` adds into (with the spare row for
+    flat rows); each block zeroes its own images first."""
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    ph, pw = padding
     hp, wp = H + 2 * ph, W + 2 * pw
+    return scratch(xp, "conv.dx", (N, C, hp + (1 if row_pitch else 0), wp), dtype)
+
+
+def col2im_block(dcols: Any, dx_pad: Any, x_shape: tuple, kernel: tuple, stride: tuple,
+                 out_hw: tuple, row_pitch: int, lo: int, hi: int) -> None:
+    """The adjoint of im2col for images lo..hi-1: add each column entry back onto the input pixel
+    it came from.
+
+    ``dcols`` has the columns' layout (C*kh*kw, N*L); ``dx_pad`` (from :func:`col2im_buffer`) is
+    the padded input gradient (N, C, H_pad (+1), W_pad); only its images lo..hi-1 are written.
+    """
+    N, C = x_shape[:2]
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    wp = dx_pad.shape[3]
+    dx_pad[lo:hi] = 0
     if row_pitch:
         # flat rows: offset (u, v) touches the contiguous slice [u*W_pad + v, ... + L) of every
         # (image, channel); with the spare row, as in im2col, slices of two channels never meet
         L = ho * wp
-        dcols = dcols.reshape(C, kh, kw, N, L)
-        dx_pad = scratch(xp, "conv.dx", (N, C, hp + 1, wp), dcols.dtype, zero=True)
+        dcols = dcols.reshape(C, kh, kw, N, L)[:, :, :, lo:hi]
         # each (image, channel) of dx_pad as one flat row, channels first like the columns' rows
-        dx_rows = dx_pad.reshape(N, C, (hp + 1) * wp).transpose(1, 0, 2)  # (C, N, (H_pad+1)*W_pad)
+        dx_rows = dx_pad[lo:hi].reshape(hi - lo, C, -1).transpose(1, 0, 2)
         for u in range(kh):
             for v in range(kw):
                 start = u * wp + v
                 dx_rows[:, :, start : start + L] += dcols[:, u, v]
     else:
         # plain: offset (u, v) touches the strided slice x_pad[:, :, u::s_h, v::s_w]
-        dcols = dcols.reshape(C, kh, kw, N, ho, wo)
-        dx_pad = scratch(xp, "conv.dx", (N, C, hp, wp), dcols.dtype, zero=True)
-        dx_t = dx_pad.transpose(1, 0, 2, 3)  # (C, N, H_pad, W_pad), like the columns' rows
+        dcols = dcols.reshape(C, kh, kw, N, ho, wo)[:, :, :, lo:hi]
+        dx_t = dx_pad[lo:hi].transpose(1, 0, 2, 3)  # (C, n, H_pad, W_pad), like the columns' rows
         for u in range(kh):
             for v in range(kw):
                 dx_t[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dcols[:, u, v]
-    return dx_pad[:, :, ph : ph + H, pw : pw + W]

@@ -23,6 +23,8 @@ copied at a time, never all of them):
     * Backward routes dy through the same slices: dx[slice of offset k] gets dy * (argmax == k).
       When the windows do not overlap (stride >= kernel), each input cell is in at most one window,
       so the slices are assigned instead of added (no scatter such as np.add.at, no read-back).
+    * Threads: images are independent, so forward and backward run on one block of images per
+      thread (``tinynet/threads.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, NamedTuple
 
 from .._utils import conv_output_size, pair
 from ..backend import backend_of, is_grad_enabled
+from ..threads import for_batch
 from ._recycle import scratch
 from .conv import pad2d
 
@@ -95,25 +98,32 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     # one contiguous buffer ("cell"): NumPy copies a strided slice quickly, but its comparisons
     # on strided slices run several times slower than on contiguous arrays (measured).
     y = scratch(xp, "maxpool.y", (N, C, ho, wo), x.dtype)
-    y[...] = offset_slice(x_pad, 0, 0, stride, (ho, wo))
     if grad:
-        # argmax = the first offset (row-major) that holds the maximum: offset k takes over only
-        # where its cell is STRICTLY greater than the maximum so far, so earlier offsets win ties
-        # (as in PyTorch). Since k grows, "argmax = k where won" is max(argmax, won * k).
         dtype = xp.int8 if kh * kw <= 127 else xp.int32
         argmax = scratch(xp, "maxpool.argmax", y.shape, dtype)
-        argmax.fill(0)
         won = scratch(xp, "maxpool.won", y.shape, xp.bool_)
         k_won = scratch(xp, "maxpool.k_won", y.shape, dtype)
     cell = scratch(xp, "maxpool.cell", y.shape, x.dtype)
-    for k in range(1, kh * kw):
-        u, v = offsets[k]
-        cell[...] = offset_slice(x_pad, u, v, stride, (ho, wo))
+
+    def block(lo: int, hi: int) -> None:  # the images lo..hi-1 (one thread)
+        b = slice(lo, hi)
+        y[b] = offset_slice(x_pad[b], 0, 0, stride, (ho, wo))
         if grad:
-            xp.greater(cell, y, out=won)
-            xp.multiply(won, dtype(k), out=k_won)
-            xp.maximum(argmax, k_won, out=argmax)
-        xp.maximum(y, cell, out=y)
+            # argmax = the first offset (row-major) that holds the maximum: offset k takes over
+            # only where its cell is STRICTLY greater than the maximum so far, so earlier offsets
+            # win ties (as in PyTorch). Since k grows, "argmax = k where won" is
+            # max(argmax, won * k).
+            argmax[b] = 0
+        for k in range(1, kh * kw):
+            u, v = offsets[k]
+            cell[b] = offset_slice(x_pad[b], u, v, stride, (ho, wo))
+            if grad:
+                xp.greater(cell[b], y[b], out=won[b])
+                xp.multiply(won[b], dtype(k), out=k_won[b])
+                xp.maximum(argmax[b], k_won[b], out=argmax[b])
+            xp.maximum(y[b], cell[b], out=y[b])
+
+    for_batch(xp, N, block, per_item=C * H * W)
     if not grad:
         return y, None
     return y, MaxPoolCache(argmax, x.shape, kernel, stride, padding)
@@ -139,18 +149,25 @@ def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
     overlap = sh < kh or sw < kw
     # windows that tile the input exactly write every cell once: no zero-fill needed
     tiles = (sh, sw) == (kh, kw) and (hp, wp) == (ho * kh, wo * kw)
-    dx_pad = scratch(xp, "maxpool.dx", (N, C, hp, wp), dy.dtype, zero=not tiles)
+    dx_pad = scratch(xp, "maxpool.dx", (N, C, hp, wp), dy.dtype)
     won = scratch(xp, "maxpool.won", dy.shape, xp.bool_)
     routed = scratch(xp, "maxpool.routed", dy.shape, dy.dtype) if overlap else None
-    for u in range(kh):
-        for v in range(kw):
-            # inputs at kernel offset (u, v) of every window: one strided slice, shaped like dy
-            xp.equal(argmax, u * kw + v, out=won)
-            target = offset_slice(dx_pad, u, v, (sh, sw), (ho, wo))
-            if overlap:
-                xp.multiply(dy, won, out=routed)
-                target += routed  # a cell in several windows collects from each
-            else:
-                xp.multiply(dy, won, out=target)  # written straight into its slice of dx
+
+    def block(lo: int, hi: int) -> None:  # the images lo..hi-1 (one thread)
+        b = slice(lo, hi)
+        if not tiles:
+            dx_pad[b] = 0
+        for u in range(kh):
+            for v in range(kw):
+                # inputs at kernel offset (u, v) of every window: one strided slice, like dy
+                xp.equal(argmax[b], u * kw + v, out=won[b])
+                target = offset_slice(dx_pad[b], u, v, (sh, sw), (ho, wo))
+                if overlap:
+                    xp.multiply(dy[b], won[b], out=routed[b])
+                    target += routed[b]  # a cell in several windows collects from each
+                else:
+                    xp.multiply(dy[b], won[b], out=target)  # written straight into its slice
+
+    for_batch(xp, N, block, per_item=C * H * W)
     dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
     return xp.ascontiguousarray(dx) if (ph or pw) else dx

@@ -1,0 +1,183 @@
+"""Threads: how tinynet uses every CPU core (NumPy backend only).
+
+Why: NumPy runs each elementwise operation and each copy on ONE core, and its BLAS splits only large
+matrix products well. The course network's products are small (a batch of 64 images of 28 x 28), so
+on a 2-core machine about half of a training step left the second core idle. PyTorch splits such
+work over its threads; tinynet does the same, by hand, where it is simplest to see.
+
+The trick: the images of a batch are independent in forward and in backward (only the weight
+gradient sums over them). So a kernel splits the batch axis into one contiguous block per thread
+and runs the SAME code on each block (``for_batch``): block 0 on the calling thread, the others on
+worker threads, each writing into its own slice of one shared output. NumPy releases Python's GIL
+inside its loops and inside BLAS, so the blocks really run at the same time. A sum over the batch
+(such as dL/dW) is computed per block and the partial sums are added in block order afterwards, so
+a run is exactly repeatable for a given number of threads.
+
+While tinynet runs more than one thread, NumPy's BLAS runs ONE (set through threadpoolctl at the
+first parallel call): two teams of threads on the same cores fight (measured: slower than no
+threads at all), and BLAS threads that spin-wait after a product slow tinynet's next call even
+outside it. The BLAS setting is process-wide; ``set_num_threads(1)`` gives BLAS its own back.
+
+Usage::
+
+    tinynet.set_num_threads(2)   # default: the cores this process may use
+    tinynet.set_num_threads(1)   # every kernel on the calling thread; BLAS threads as before
+
+On CuPy arrays ``for_batch`` runs the whole batch at once: the GPU has its own parallelism.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Callable
+
+_MAX_DEFAULT_THREADS = 8  # more threads than this rarely pay for batches of this size
+MIN_BLOCK_NUMBERS = 1 << 15  # see for_batch
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+_state = threading.local()  # .inside: this thread runs a block of a parallel call
+_lock = threading.Lock()  # one parallel call at a time; a second caller runs its batch alone
+_num_threads = min(_cores(), _MAX_DEFAULT_THREADS)
+_workers: list = []  # [(task queue, thread)] started on first use
+_results: queue.SimpleQueue = queue.SimpleQueue()
+_blas = None  # [(threadpoolctl BLAS controller, its own thread count)] while BLAS is held at 1
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads per kernel call (NumPy backend). 1 runs everything on the calling thread.
+
+    The default is the number of cores this process may use (at most 8).
+    """
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    with _lock:
+        _num_threads = n
+        if n == 1:
+            _restore_blas()
+
+
+def get_num_threads() -> int:
+    """The number of threads a kernel call splits its batch over (NumPy backend)."""
+    return _num_threads
+
+
+def _worker(tasks: queue.SimpleQueue) -> None:
+    _state.inside = True
+    while True:
+        fn, lo, hi = tasks.get()
+        try:
+            fn(lo, hi)
+            result = None
+        except BaseException as error:  # handed to the caller, which raises it
+            result = error
+        # drop the task before reporting: it refers to the kernel's buffers, which
+        # _recycle.scratch hands out again only once no one else holds them
+        del fn
+        _results.put(result)
+
+
+def _single_thread_blas() -> None:
+    """BLAS to one thread, remembering its own setting (once)."""
+    global _blas
+    if _blas is not None:
+        return
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # without it, BLAS keeps its own threads (correct, a bit slower)
+        _blas = ()
+        return
+    _blas = tuple((c, c.get_num_threads()) for c in ThreadpoolController().lib_controllers
+                  if c.user_api == "blas")
+    for c, _ in _blas:
+        c.set_num_threads(1)
+
+
+def _restore_blas() -> None:
+    global _blas
+    for c, threads in _blas or ():
+        c.set_num_threads(threads)
+    _blas = None
+
+
+def _split(n: int, parts: int) -> list:
+    """``parts`` contiguous blocks ``(lo, hi)`` of range(n), sizes differing by at most one."""
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0) -> list:
+    """Run ``fn(lo, hi)`` over contiguous blocks of the batch range(n), one block per thread.
+
+    ``fn`` must only write its own block of the outputs (the caller allocates them). ``per_item``
+    is the numbers one item costs (its elements, say): a block gets at least
+    ``MIN_BLOCK_NUMBERS`` of them, so small batches use fewer threads (waking a thread costs
+    about as much as a pass over that many numbers). Returns the blocks' return values in block
+    order (for partial sums). Runs ``fn(0, n)`` alone on CuPy, with 1 thread, inside another
+    parallel call, or while another thread holds the pool.
+    """
+    parts = min(_num_threads, n)
+    if per_item:
+        parts = min(parts, n * per_item // MIN_BLOCK_NUMBERS)
+    if (parts <= 1 or getattr(xp, "__name__", "") != "numpy" or getattr(_state, "inside", False)
+            or not _lock.acquire(blocking=False)):
+        return [fn(0, n)]
+    try:
+        while len(_workers) < parts - 1:
+            tasks: queue.SimpleQueue = queue.SimpleQueue()
+            thread = threading.Thread(target=_worker, args=(tasks,), daemon=True,
+                                      name=f"tinynet-worker-{len(_workers)}")
+            thread.start()
+            _workers.append((tasks, thread))
+        _single_thread_blas()
+        blocks = _split(n, parts)
+        # a worker's return value does not travel back: collect it through a list
+        out: list = [None] * parts
+        for k, (lo, hi) in enumerate(blocks[1:], start=1):
+            _workers[k - 1][0].put((_keep(fn, out, k), lo, hi))
+        error = None
+        _state.inside = True  # a kernel called inside a block runs on its thread alone
+        try:
+            out[0] = fn(*blocks[0])
+        except BaseException as e:  # still wait for the workers before raising
+            error = e
+        finally:
+            _state.inside = False
+        for _ in range(parts - 1):
+            worker_error = _results.get()
+            error = error or worker_error
+        if error is not None:
+            raise error
+        return out
+    finally:
+        _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has no worker threads (only the forking thread survives a fork)."""
+    global _lock, _results
+    _workers.clear()
+    _lock = threading.Lock()
+    _results = queue.SimpleQueue()
+    _state.inside = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _keep(fn: Callable, out: list, k: int) -> Callable:
+    def run(lo: int, hi: int) -> None:
+        out[k] = fn(lo, hi)
+    return run
