@@ -162,6 +162,8 @@ def test_maxpool2d_matches_naive_loops(geometry, seed, ties):
     y, cache = F.maxpool2d_forward(x, kernel, stride, padding)
     ny, where = naive_maxpool(x, kernel, stride, padding)
     np.testing.assert_array_equal(y, ny)
+    with tinynet.no_grad():  # evaluation takes another path (rows, then columns; no argmax)
+        np.testing.assert_array_equal(F.maxpool2d_forward(x, kernel, stride, padding)[0], ny)
     dy = rng.standard_normal(y.shape)
     np.testing.assert_allclose(F.maxpool2d_backward(dy, cache),
                                naive_maxpool_backward(dy, where, x_shape), rtol=1e-12, atol=1e-12)

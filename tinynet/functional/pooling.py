@@ -20,6 +20,8 @@ copied at a time, never all of them):
       maximum in row-major order wins ties, as in PyTorch. Each slice is copied once into a
       contiguous buffer before it is compared: NumPy's copies of strided slices are fast, its
       comparisons on them are not (and no masked copy: `argmax = max(argmax, won * k)`).
+    * Evaluation (``tinynet.no_grad()``) needs no argmax, so the maximum is taken in two steps:
+      over each window's rows, then over its columns (kh + kw passes instead of kh*kw).
     * Backward routes dy through the same slices: dx[slice of offset k] gets dy * (argmax == k).
       When the windows do not overlap (stride >= kernel), each input cell is in at most one window,
       so the slices are assigned instead of added (no scatter such as np.add.at, no read-back).
@@ -92,41 +94,68 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     kh, kw = kernel
 
     x_pad = pad2d(x, padding, value=-float("inf"))
+    if not is_grad_enabled():
+        return _maxpool_rows_then_columns(x_pad, kernel, stride, (ho, wo)), None
     offsets = [(u, v) for u in range(kh) for v in range(kw)]
-    grad = is_grad_enabled()
     # y = running maximum over the kh*kw offset slices of x_pad. Each slice is first copied into
     # one contiguous buffer ("cell"): NumPy copies a strided slice quickly, but its comparisons
     # on strided slices run several times slower than on contiguous arrays (measured).
     y = scratch(xp, "maxpool.y", (N, C, ho, wo), x.dtype)
-    if grad:
-        dtype = xp.int8 if kh * kw <= 127 else xp.int32
-        argmax = scratch(xp, "maxpool.argmax", y.shape, dtype)
-        won = scratch(xp, "maxpool.won", y.shape, xp.bool_)
-        k_won = scratch(xp, "maxpool.k_won", y.shape, dtype)
+    dtype = xp.int8 if kh * kw <= 127 else xp.int32
+    argmax = scratch(xp, "maxpool.argmax", y.shape, dtype)
+    won = scratch(xp, "maxpool.won", y.shape, xp.bool_)
+    k_won = scratch(xp, "maxpool.k_won", y.shape, dtype)
     cell = scratch(xp, "maxpool.cell", y.shape, x.dtype)
 
     def block(lo: int, hi: int) -> None:  # the images lo..hi-1 (one thread)
         b = slice(lo, hi)
         y[b] = offset_slice(x_pad[b], 0, 0, stride, (ho, wo))
-        if grad:
-            # argmax = the first offset (row-major) that holds the maximum: offset k takes over
-            # only where its cell is STRICTLY greater than the maximum so far, so earlier offsets
-            # win ties (as in PyTorch). Since k grows, "argmax = k where won" is
-            # max(argmax, won * k).
-            argmax[b] = 0
+        # argmax = the first offset (row-major) that holds the maximum: offset k takes over only
+        # where its cell is STRICTLY greater than the maximum so far, so earlier offsets win ties
+        # (as in PyTorch). Since k grows, "argmax = k where won" is max(argmax, won * k).
+        argmax[b] = 0
         for k in range(1, kh * kw):
             u, v = offsets[k]
             cell[b] = offset_slice(x_pad[b], u, v, stride, (ho, wo))
-            if grad:
-                xp.greater(cell[b], y[b], out=won[b])
-                xp.multiply(won[b], dtype(k), out=k_won[b])
-                xp.maximum(argmax[b], k_won[b], out=argmax[b])
+            xp.greater(cell[b], y[b], out=won[b])
+            xp.multiply(won[b], dtype(k), out=k_won[b])
+            xp.maximum(argmax[b], k_won[b], out=argmax[b])
             xp.maximum(y[b], cell[b], out=y[b])
 
     for_batch(xp, N, block, per_item=C * H * W)
-    if not grad:
-        return y, None
     return y, MaxPoolCache(argmax, x.shape, kernel, stride, padding)
+
+
+def _running_max(xp: Any, out: Any, slices: list) -> None:
+    """``out[...] = max(slices)``, elementwise."""
+    if len(slices) == 1:
+        out[...] = slices[0]
+        return
+    xp.maximum(slices[0], slices[1], out=out)
+    for s in slices[2:]:
+        xp.maximum(out, s, out=out)
+
+
+def _maxpool_rows_then_columns(x_pad: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> Any:
+    """Max pooling without the argmax (evaluation): the window's maximum is the maximum over its
+    kh rows of each row's maximum over kw columns, so it takes kh + kw passes instead of kh*kw.
+    Rows first: ``rows[n, c, i, w] = max_u x_pad[n, c, i*s_h + u, w]`` keeps whole image rows
+    contiguous; then ``y[n, c, i, j] = max_v rows[n, c, i, j*s_w + v]``. (Training needs the
+    first maximum in row-major window order, which this order of passes does not give on ties.)
+    """
+    xp = backend_of(x_pad).xp
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    N, C, _, wp = x_pad.shape
+    rows = scratch(xp, "maxpool.rows", (N, C, ho, wp), x_pad.dtype)
+    y = scratch(xp, "maxpool.y", (N, C, ho, wo), x_pad.dtype)
+
+    def block(lo: int, hi: int) -> None:  # the images lo..hi-1 (one thread)
+        b = slice(lo, hi)
+        _running_max(xp, rows[b], [x_pad[b, :, u : u + sh * (ho - 1) + 1 : sh] for u in range(kh)])
+        _running_max(xp, y[b], [rows[b, :, :, v : v + sw * (wo - 1) + 1 : sw] for v in range(kw)])
+
+    for_batch(xp, N, block, per_item=x_pad[0].size)
+    return y
 
 
 def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
