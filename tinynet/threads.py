@@ -34,7 +34,7 @@ import threading
 from typing import Any, Callable
 
 _MAX_DEFAULT_THREADS = 8  # more threads than this rarely pay for batches of this size
-MIN_BLOCK_NUMBERS = 1 << 15  # see for_batch
+MIN_BLOCK_NUMBERS = 1 << 18  # see for_batch
 
 
 def _cores() -> int:

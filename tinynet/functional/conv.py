@@ -250,7 +250,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     # training: the columns of the whole batch are kept for backward; each thread fills and
     # multiplies its block of images
     convolve, columns = _convolver(x, *geometry)
-    for_batch(xp, N, lambda lo, hi: convolve(x, out, lo, hi))
+    for_batch(xp, N, lambda lo, hi: convolve(x, out, lo, hi), per_item=columns.cols.size // N)
     return out, ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
                           columns.row_pitch)
 
@@ -305,7 +305,7 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
 
     # one block per thread; the blocks' shares of dW and db are added in block order
     # (so a run is repeatable for a given number of threads)
-    parts = for_batch(xp, N, block)
+    parts = for_batch(xp, N, block, per_item=cols.size // N)
     dw, db = parts[0]
     for dw_k, db_k in parts[1:]:
         dw += dw_k
