@@ -435,6 +435,10 @@ def device_of(x: Any) -> str:
 
 def backend_of(x: Any) -> Backend:
     """The backend owning array ``x``."""
+    if type(x) is np.ndarray:  # the common case, asked dozens of times per step: one lookup
+        backend = _backends.get("cpu")
+        if backend is not None:
+            return backend
     return get_backend(device_of(x))
 
 

@@ -34,10 +34,12 @@ def scratch(xp: Any, role: str, shape: tuple, dtype: Any, zero: bool = False) ->
     """
     if getattr(xp, "__name__", "") != "numpy":
         return xp.zeros(shape, dtype=dtype)
-    table = getattr(_local, "table", None)
-    if table is None:
+    try:
+        table = _local.table
+    except AttributeError:
         table = _local.table = OrderedDict()
-    key = (id(xp), role, tuple(shape), xp.dtype(dtype).str)  # id(xp): one table per array module
+    # id(xp): one table per array module; dtype as the caller names it (x.dtype, xp.bool_, ...)
+    key = (id(xp), role, tuple(shape), dtype)
     buf = table.get(key)
     # 3 references = the table, `buf` and getrefcount's argument: no array or view uses it
     if buf is not None and buf.base is None and sys.getrefcount(buf) == 3:
