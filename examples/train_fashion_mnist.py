@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="epochs between learning-rate decays (0: constant learning rate)")
     p.add_argument("--device", default=None,
                    help="'cpu' or 'cuda' (default: $TINYNET_DEVICE or 'cpu')")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads that share each batch (default: every core; 1: one core)")
     p.add_argument("--data", choices=("auto", "full", "sample"), default="auto",
                    help="full: the 60,000/10,000 images; sample: the 2,000/500 shipped with "
                         "tinynet; auto: full when found on disk, else sample")
@@ -75,8 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        p.error("--limit must be at least 1")
+    for name in ("limit", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
     return args
 
 
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     tinynet.manual_seed(args.seed)  # the same seed -> the same initial weights
+    if args.threads is not None:
+        tinynet.set_num_threads(args.threads)  # a batch's images are split over the threads
     device = tinynet.backend.normalize_device(args.device)
     model = course_cnn(device=device)
     loss_fn = nn.CrossEntropyLoss()

@@ -173,3 +173,15 @@ def test_bn_example_runs_on_a_limited_sample(tmp_path, capsys):
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     state = tinynet.load(tmp_path / "last.npz")["model"]
     assert "1.running_mean" in state and "1.num_batches_tracked" in state
+
+
+def test_threads_flag_sets_the_threads_and_refuses_zero(example, tmp_path, capsys):
+    saved = tinynet.get_num_threads()
+    try:
+        assert example.main(_quick(tmp_path, "--epochs", "1", "--threads", "1")) == 0
+        assert tinynet.get_num_threads() == 1
+    finally:
+        tinynet.set_num_threads(saved)
+    with pytest.raises(SystemExit):
+        example.main(_quick(tmp_path, "--threads", "0"))
+    assert "--threads must be at least 1" in capsys.readouterr().err
