@@ -135,7 +135,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--max-batches", type=int, default=None,
                    help="train on this many batches instead of a full epoch")
-    p.add_argument("--threads", type=int, default=2, help="threads for BLAS and PyTorch")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for tinynet (set_num_threads), BLAS and PyTorch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frameworks", nargs="+", default=["tinynet", "torch"],
                    choices=["tinynet", "torch"])

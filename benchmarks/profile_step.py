@@ -90,7 +90,8 @@ def main(argv=None) -> int:
                    help="course: the course network; bn: examples/train_fashion_mnist_bn.py's")
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 (course), 128 (bn)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 300 / 40)")
-    p.add_argument("--threads", type=int, default=2, help="BLAS threads")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads (tinynet.set_num_threads; BLAS is limited to as many)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke test: 3 steps")
     p.add_argument("--out-dir", default=None,
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     rows.append(["", "SGD step + zero_grad", result["update_ms"], None,
                  f"{100 * result['update_ms'] / step:.1f}%"])
     table = C.markdown_table(["#", "module", "forward ms", "backward ms", "share of step"], rows)
-    print(f"{args.net} network, batch {batch}, {args.threads} BLAS threads: "
+    print(f"{args.net} network, batch {batch}, {args.threads} threads: "
           f"{step:.2f} ms per step ({steps} steps), "
           f"{step * 60000 / batch / 1e3:.1f} s per 60,000 images\n")
     print(table)
