@@ -234,8 +234,10 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     if not is_grad_enabled():
         # evaluation: no columns are kept, so each thread convolves its images a slice at a
         # time through buffers for one slice (small: they stay in the core's cache), made once
+        # (on the GPU, whose caches are no place for slices, the whole batch is one slice)
         per_image = C * kh * kw * ho * (W + 2 * padding[1])
-        step = max(1, _EVAL_COLS_ELEMENTS // per_image)
+        on_cpu = backend_of(x).device == "cpu"
+        step = max(1, _EVAL_COLS_ELEMENTS // per_image) if on_cpu else max(N, 1)
 
         def block(lo: int, hi: int) -> None:  # one thread's images
             convolvers = {}  # slice size -> its convolve (the last slice may be shorter)
