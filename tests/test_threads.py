@@ -7,7 +7,9 @@ setting, and that the workers hold no buffer that the recycling needs back.
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -137,3 +139,30 @@ def test_workers_hold_no_buffer_after_a_call(n_threads):
     del y, cache
     y, cache = F.conv2d_forward(x, w)
     assert cache.cols is cols()
+
+
+def test_ctrl_c_while_waiting_lets_the_workers_finish_first(n_threads):
+    """A real SIGINT that interrupts the caller's wait must not leave a worker's report behind
+    for the next call (which would then return before its own blocks were done)."""
+    n_threads(2)
+    main = threading.main_thread().ident
+    if threading.get_ident() != main:
+        pytest.skip("signals reach the main thread only")
+    finished = []
+
+    def block(lo, hi):
+        if lo > 0:
+            signal.pthread_kill(main, signal.SIGINT)  # the caller is waiting for this block
+            time.sleep(0.2)
+            finished.append(lo)
+
+    with pytest.raises(KeyboardInterrupt):
+        threads.for_batch(np, 2, block)
+    assert finished == [1]  # the interrupt came out only after the worker's block was done
+    assert threads._results.empty()
+
+    def slow_block(lo, hi):
+        time.sleep(0.05 * lo)
+        return hi - lo
+
+    assert threads.for_batch(np, 4, slow_block) == [2, 2]

@@ -157,8 +157,8 @@ def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0)
         finally:
             _state.inside = False
         for _ in range(parts - 1):
-            worker_error = _results.get()
-            error = error or worker_error
+            reported = _wait_for_a_worker()  # every worker, even after an error here
+            error = error or reported
         if error is not None:
             raise error
         return out
@@ -177,6 +177,23 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _wait_for_a_worker() -> BaseException | None:
+    """One worker's report: None, or the exception its block raised.
+
+    Ctrl-C while waiting does not stop the wait: a worker still running its block would report
+    later, to the NEXT parallel call, which would then return before its own blocks were done.
+    The wait is short (one block); the interrupt is raised once every worker has reported.
+    """
+    interrupted = None
+    while True:
+        try:
+            result = _results.get()
+        except KeyboardInterrupt as e:
+            interrupted = e
+            continue
+        return result or interrupted
 
 
 def _keep(fn: Callable, out: list, k: int) -> Callable:
