@@ -289,3 +289,21 @@ def test_relu_and_maxpool_keep_no_cache_under_no_grad():
     assert mask is None and cache is None
     np.testing.assert_array_equal(y, np.maximum(x, 0))
     np.testing.assert_array_equal(p, naive_maxpool(x, (2, 2), (2, 2), (0, 0))[0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_an_empty_batch_goes_through_every_kernel(stride):
+    x = np.zeros((0, 2, 6, 6))
+    w = np.ones((3, 2, 3, 3))
+    y, cache = F.conv2d_forward(x, w, np.ones(3), stride=stride)
+    dx, dw, db = F.conv2d_backward(y, cache)
+    assert y.shape == (0, 3, 4 // stride, 4 // stride) and dx.shape == x.shape
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros(3))
+    p, pool_cache = F.maxpool2d_forward(x, 2, stride)
+    assert F.maxpool2d_backward(p, pool_cache).shape == x.shape
+    r, mask = F.relu_forward(x)
+    assert F.relu_backward(r, mask).shape == x.shape
+    with tinynet.no_grad():
+        assert F.conv2d_forward(x, w, stride=stride)[0].shape == y.shape
+        assert F.maxpool2d_forward(x, 2, stride)[0].shape == p.shape

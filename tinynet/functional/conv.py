@@ -252,7 +252,8 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     # training: the columns of the whole batch are kept for backward; each thread fills and
     # multiplies its block of images
     convolve, columns = _convolver(x, *geometry)
-    for_batch(xp, N, lambda lo, hi: convolve(x, out, lo, hi), per_item=columns.cols.size // N)
+    per_image = columns.cols.shape[0] * columns.per_image  # numbers of one image's columns
+    for_batch(xp, N, lambda lo, hi: convolve(x, out, lo, hi), per_item=per_image)
     return out, ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
                           columns.row_pitch)
 
@@ -279,7 +280,7 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
     cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch = cache
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
-    L = cols.shape[1] // N
+    L = cols.shape[1] // N if N else 0  # columns per image
 
     # dY laid out like the columns: (C_out, N*L); for flat rows, rows of length W_pad with zeros
     # in the junk columns (a recycled buffer of this role only ever had its valid columns written)
@@ -307,7 +308,7 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
 
     # one block per thread; the blocks' shares of dW and db are added in block order
     # (so a run is repeatable for a given number of threads)
-    parts = for_batch(xp, N, block, per_item=cols.size // N)
+    parts = for_batch(xp, N, block, per_item=cols.shape[0] * L)
     dw, db = parts[0]
     for dw_k, db_k in parts[1:]:
         dw += dw_k
@@ -340,6 +341,8 @@ def col2im_block(dcols: Any, dx_pad: Any, x_shape: tuple, kernel: tuple, stride:
     (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
     wp = dx_pad.shape[3]
     dx_pad[lo:hi] = 0
+    if hi <= lo:  # no images (an empty batch)
+        return
     if row_pitch:
         # flat rows: offset (u, v) touches the contiguous slice [u*W_pad + v, ... + L) of every
         # (image, channel); with the spare row, as in im2col, slices of two channels never meet

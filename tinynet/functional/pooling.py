@@ -154,7 +154,7 @@ def _maxpool_rows_then_columns(x_pad: Any, kernel: tuple, stride: tuple, out_hw:
         _running_max(xp, rows[b], [x_pad[b, :, u : u + sh * (ho - 1) + 1 : sh] for u in range(kh)])
         _running_max(xp, y[b], [rows[b, :, :, v : v + sw * (wo - 1) + 1 : sw] for v in range(kw)])
 
-    for_batch(xp, N, block, per_item=x_pad[0].size)
+    for_batch(xp, N, block, per_item=C * x_pad.shape[2] * wp)
     return y
 
 
