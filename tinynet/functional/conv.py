@@ -161,13 +161,6 @@ def fill_columns(columns: _Columns, x: Any, lo: int, hi: int) -> None:
     columns.cols.reshape(columns.windows.shape)[:, :, :, lo:hi] = columns.windows[:, :, :, lo:hi]
 
 
-def im2col(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple) -> tuple:
-    """The columns of a whole batch (see :func:`columns_for`): returns ``(cols, row_pitch)``."""
-    columns = columns_for(x, kernel, stride, padding, out_hw)
-    fill_columns(columns, x, 0, x.shape[0])
-    return columns.cols, columns.row_pitch
-
-
 def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
     """The (C_out, N*L) product as an (N, C_out, H_out, W_out) view (junk columns dropped)."""
     ho, wo = out_hw
