@@ -151,8 +151,11 @@ def _maxpool_rows_then_columns(x_pad: Any, kernel: tuple, stride: tuple, out_hw:
 
     def block(lo: int, hi: int) -> None:  # the images lo..hi-1 (one thread)
         b = slice(lo, hi)
-        _running_max(xp, rows[b], [x_pad[b, :, u : u + sh * (ho - 1) + 1 : sh] for u in range(kh)])
-        _running_max(xp, y[b], [rows[b, :, :, v : v + sw * (wo - 1) + 1 : sw] for v in range(kw)])
+        # offset u of every window's rows (whole rows), then offset v of every window's columns
+        _running_max(xp, rows[b], [offset_slice(x_pad[b], u, 0, (sh, 1), (ho, wp))
+                                   for u in range(kh)])
+        _running_max(xp, y[b], [offset_slice(rows[b], 0, v, (1, sw), (ho, wo))
+                                for v in range(kw)])
 
     for_batch(xp, N, block, per_item=C * x_pad.shape[2] * wp)
     return y
