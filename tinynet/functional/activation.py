@@ -21,8 +21,9 @@ from ._recycle import scratch
 
 
 def _items(*arrays: Any) -> tuple:
-    """The arrays with a batch axis to split (a 0-d array becomes one item); numbers per item."""
-    arrays = tuple(a.reshape(1) if a.ndim == 0 else a for a in arrays)
+    """The arrays with a batch axis to split (a 0-d array becomes one item, None stays None);
+    numbers per item."""
+    arrays = tuple(a.reshape(1) if a is not None and a.ndim == 0 else a for a in arrays)
     n = arrays[0].shape[0]
     return arrays, (arrays[0].size // n if n else 0)
 
@@ -34,13 +35,12 @@ def relu_forward(x: Any):
     **Backward:** :func:`relu_backward`, ``dL/dx = dL/dy * mask``.
     """
     xp = backend_of(x).xp
-    grad = is_grad_enabled()
-    mask = scratch(xp, "relu.mask", x.shape, xp.bool_) if grad else None
+    mask = scratch(xp, "relu.mask", x.shape, xp.bool_) if is_grad_enabled() else None
     y = scratch(xp, "relu.y", x.shape, x.dtype)
-    (xs, ys, masks), per_item = _items(x, y, mask if grad else y)
+    (xs, ys, masks), per_item = _items(x, y, mask)
 
     def block(lo: int, hi: int) -> None:  # the items lo..hi-1 of the batch (one thread)
-        if grad:
+        if masks is not None:
             xp.greater(xs[lo:hi], 0, out=masks[lo:hi])
         xp.maximum(xs[lo:hi], 0, out=ys[lo:hi])
 
