@@ -85,9 +85,11 @@ def _worker(tasks: queue.SimpleQueue) -> None:
         except BaseException as error:  # handed to the caller, which raises it
             result = error
         # drop the task before reporting: it refers to the kernel's buffers, which
-        # _recycle.scratch hands out again only once no one else holds them
+        # _recycle.scratch hands out again only once no one else holds them (an error's
+        # traceback refers to them too: the caller raises it, this thread lets it go)
         del fn
         _results.put(result)
+        del result
 
 
 def _single_thread_blas() -> None:
