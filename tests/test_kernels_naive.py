@@ -133,9 +133,18 @@ def _conv_inputs(geometry, seed):
     return x, w, b, stride, padding, rng
 
 
+@pytest.fixture(params=["dW per image", "dW one product"])
+def dw_by(request, monkeypatch):
+    """conv2d_backward's two ways to dW (chosen by the columns' row count): both are checked."""
+    from tinynet.functional import conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_FEW_ROWS", 1 << 30 if request.param == "dW per image" else 0)
+    return request.param
+
+
 @settings(max_examples=60, deadline=None)
 @given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
-def test_conv2d_matches_naive_loops(geometry, seed):
+def test_conv2d_matches_naive_loops(geometry, seed, dw_by):
     x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
     has_bias = b is not None
     y, cache = F.conv2d_forward(x, w, b, stride, padding)
