@@ -133,18 +133,20 @@ def _conv_inputs(geometry, seed):
     return x, w, b, stride, padding, rng
 
 
-@pytest.fixture(params=["dW per image", "dW one product"])
-def dw_by(request, monkeypatch):
-    """conv2d_backward's two ways to dW (chosen by the columns' row count): both are checked."""
+@pytest.fixture(params=["im2col, dW per image", "im2col, dW one product", "by rows"])
+def conv_method(request, monkeypatch):
+    """The convolution's ways (chosen by its shapes): each is checked on every drawn geometry."""
     from tinynet.functional import conv as conv_mod
 
-    monkeypatch.setattr(conv_mod, "_FEW_ROWS", 1 << 30 if request.param == "dW per image" else 0)
+    by_rows = request.param == "by rows"
+    monkeypatch.setattr(conv_mod, "_ROWS_MAX_WIDTH", 1 << 30 if by_rows else 0)
+    monkeypatch.setattr(conv_mod, "_FEW_ROWS", 1 << 30 if "per image" in request.param else 0)
     return request.param
 
 
 @settings(max_examples=60, deadline=None)
 @given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
-def test_conv2d_matches_naive_loops(geometry, seed, dw_by):
+def test_conv2d_matches_naive_loops(geometry, seed, conv_method):
     x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
     has_bias = b is not None
     y, cache = F.conv2d_forward(x, w, b, stride, padding)
@@ -197,16 +199,17 @@ def test_relu_and_linear_match_formulas(dtype):
     np.testing.assert_allclose(db, g.sum(0), rtol=1e-5)
 
 
-def test_recycled_buffers_never_overwrite_live_results():
+def test_recycled_buffers_never_overwrite_live_results(conv_method):
     """Two forwards before any backward: the first output and cache must stay intact."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     x1, x2 = (rng.standard_normal((5, 2, 8, 8)).astype(np.float32) for _ in range(2))
     y1, c1 = F.conv2d_forward(x1, w)
-    y1_copy, cols1 = y1.copy(), c1.cols.copy()
+    y1_copy, cache1 = y1.copy(), [a.copy() for a in c1 if hasattr(a, "shape")]
     y2, c2 = F.conv2d_forward(x2, w)
     np.testing.assert_array_equal(y1, y1_copy)
-    np.testing.assert_array_equal(c1.cols, cols1)
+    for a, a_copy in zip([a for a in c1 if hasattr(a, "shape")], cache1, strict=True):
+        np.testing.assert_array_equal(a, a_copy)  # the columns (or rows, band) and the weights
     r1, m1 = F.relu_forward(y1)
     r2, m2 = F.relu_forward(y2)
     assert not np.shares_memory(r1, r2) and not np.shares_memory(m1, m2)
@@ -316,3 +319,17 @@ def test_an_empty_batch_goes_through_every_kernel(stride):
     with tinynet.no_grad():
         assert F.conv2d_forward(x, w, stride=stride)[0].shape == y.shape
         assert F.maxpool2d_forward(x, 2, stride)[0].shape == p.shape
+
+
+def test_recycled_band_of_another_kernel_width_keeps_zeros_off_its_band(monkeypatch):
+    """By rows, a 1x5 kernel (stride 1) and a 1x1 kernel (stride 2) on 9-wide images have banded
+    weights of one shape, (C_out, 5, C_in, 1, 9), with the weights in different places."""
+    from tinynet.functional import conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_ROWS_MAX_WIDTH", 1 << 30)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 3, 9))
+    for kw, sw in ((5, 1), (1, 2), (5, 1)):
+        w = rng.standard_normal((3, 2, 1, kw))
+        y = F.conv2d_forward(x, w, None, (1, sw), 0)[0]  # (the cache goes: its band is free)
+        np.testing.assert_allclose(y, naive_conv2d(x, w, None, (1, sw), (0, 0)), atol=1e-10)

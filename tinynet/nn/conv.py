@@ -38,6 +38,7 @@ class Conv2d(Module):
 
     Backward (see :mod:`tinynet.functional.conv`):
         dX = col2im(W^T @ dY),  dW = dY @ cols^T,  db = sum of dY over batch, height and width.
+        (Narrow images train by rows of a banded weight matrix instead: conv_rows.py.)
         ``backward(dy, input_grad=False)`` skips dX (returns None): the first layer of a network
         needs only its weight gradients (``Sequential.backward`` asks for this).
 

@@ -1,0 +1,171 @@
+"""2-D convolution by whole input rows and a banded ("Toeplitz") weight matrix.
+
+The same convolution as :mod:`tinynet.functional.conv` (same arguments, same results), computed
+another way, which is faster when the images are narrow compared with the kernel (the course
+network's second convolution: 12 pixels wide, 5x5 kernel). ``conv2d_forward`` picks it (see
+``conv._by_rows``); the formulas and the shapes are in conv.py's docstring.
+
+The trick: im2col copies every kh x kw window: C*kh*kw numbers per output PIXEL (25 copies of each
+input number for a 5x5 kernel). Here we copy whole input ROWS instead: for output row i of image
+n, the kh input rows it reads, ``x_pad[n, c, i*s_h + u, :]`` for every channel c and kernel row u,
+full width: C*kh*W_pad numbers per output ROW (kh = 5 copies of each input number). One matrix of
+weights then gives every pixel of that output row at once:
+
+    y[n, f, i, j] = sum over (c, u, w) of T[(f, j), (c, u, w)] * x_pad[n, c, i*s_h + u, w]
+
+    T[(f, j), (c, u, j*s_w + v)] = w[f, c, u, v], and 0 elsewhere
+
+(output pixel j sees the kernel shifted by j*s_w: each row of T is a row of the kernel placed at
+its pixel, the same numbers along every diagonal, a "Toeplitz" band). With R the copied rows:
+
+    Y = T @ R     T: (C_out*W_out, C_in*kh*W_pad),  R: (C_in*kh*W_pad, N*H_out),
+                  Y: (C_out*W_out, N*H_out)
+
+T is mostly zeros (kw numbers of each W_pad are weights), so this product does W_pad/kw times
+the arithmetic of im2col's (2.4x for the course network's conv2). In exchange R is 5x smaller than
+im2col's columns (less copying, less memory traffic, 5 adds instead of 25 in backward) and the
+product has a shape BLAS runs fast (measured on the course network's conv2: forward 1.5 -> 0.9 ms,
+backward 2.9 -> 1.3 ms, one thread). For a wide image (W_pad of 28 for a 5x5 kernel: 5.6x the
+arithmetic) im2col wins.
+
+Backward, with dY = dy laid out like Y:
+    dL/dW: dT = dY @ R^T, then dW[f, c, u, v] = sum over j of dT[(f, j), (c, u, j*s_w + v)]
+           (the weights were copied along T's diagonals, so their gradients are summed back
+           along the same diagonals, read through a strided view)
+    dL/db = sum of dY
+    dL/dx: dR = T^T @ dY, and each copied row is added back onto the input row it came from:
+           kh adds, one per kernel row u (rows of different output rows i overlap, so they add)
+
+Layout: the padded input is kept transposed, xt[c, w, n, h], so that the copied rows (and the
+adds of backward) run along h with unit stride: R[(c, u, w), (n, i)] = xt[c, w, n, i*s_h + u].
+Threads split the batch as in conv.py (each block of images: its columns of R, Y and dY).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import backend_of
+from ..threads import for_batch
+from ._recycle import scratch
+
+
+class RowsCache(NamedTuple):
+    """What :func:`conv2d_rows_backward` needs."""
+
+    rows: Any  # R: (C_in*kh*W_pad, N*H_out), the copied input rows
+    band: Any  # T: (C_out*W_out, C_in*kh*W_pad), the banded weights
+    weight: Any  # (C_out, C_in, kh, kw)
+    x_shape: tuple  # (N, C_in, H, W)
+    stride: tuple
+    padding: tuple
+    has_bias: bool
+
+
+def _diagonals(band5: Any, kw: int, sw: int) -> Any:
+    """The view ``V[f, j, c, u, v] = band5[f, j, c, u, j*s_w + v]`` of a
+    (C_out, W_out, C, kh, W_pad) array: where T holds w[f, c, u, v] for output pixel j."""
+    F, wo, C, kh, _ = band5.shape
+    sf, sj, sc, su, sx = band5.strides
+    return backend_of(band5).as_strided(band5, shape=(F, wo, C, kh, kw),
+                                        strides=(sf, sj + sw * sx, sc, su, sx))
+
+
+def banded_weights(weight: Any, wp: int, wo: int, sw: int) -> Any:
+    """T of shape (C_out*W_out, C_in*kh*W_pad): ``T[(f, j), (c, u, j*s_w + v)] = w[f, c, u, v]``.
+
+    A recycled buffer of this role and shape only ever has the same band written (the role names
+    kw and s_w, which place it), so it stays 0 off the band.
+    """
+    xp = backend_of(weight).xp
+    F, C, kh, kw = weight.shape
+    band5 = scratch(xp, f"conv_rows.band.{kw}.{sw}", (F, wo, C, kh, wp), weight.dtype)
+    _diagonals(band5, kw, sw)[...] = weight[:, None]  # the same kernel for every pixel j
+    return band5.reshape(F * wo, C * kh * wp)
+
+
+def rows_work(rows: Any, n: int, kw: int) -> int:
+    """Numbers per image for ``for_batch``'s split: kw times R's (the work is about that of
+    im2col's columns, which are that size: R is small, its product is not)."""
+    return rows.size // n * kw if n else 0
+
+
+def rows_convolver(x: Any, weight: Any, bias: Any, kernel: tuple, stride: tuple,
+                   padding: tuple, out_hw: tuple) -> tuple:
+    """Buffers for convolving a batch of x's shape by rows, and ``convolve(x_b, out_b, lo, hi)``,
+    which writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` (like conv.py's ``_convolver``).
+    Returns ``(convolve, R, T)``.
+    """
+    backend = backend_of(x)
+    xp = backend.xp
+    N, C, H, W = x.shape
+    F = weight.shape[0]
+    kh, (sh, sw), (ph, pw), (ho, wo) = kernel[0], stride, padding, out_hw
+    hp, wp = H + 2 * ph, W + 2 * pw
+    # the padded input, transposed: xt[c, w, n, h] (the role names the padding: the borders of a
+    # recycled buffer are still 0)
+    xt = scratch(xp, f"conv_rows.xt.{ph}.{pw}", (C, wp, N, hp), x.dtype)
+    s_c, s_w, s_n, s_h = xt.strides
+    # windows[c, u, w, n, i] = xt[c, w, n, i*s_h + u]: the kh input rows of output row i
+    windows = backend.as_strided(xt, shape=(C, kh, wp, N, ho),
+                                 strides=(s_c, s_h, s_w, s_n, s_h * sh))
+    rows = scratch(xp, "conv_rows.R", (C * kh * wp, N * ho), x.dtype)
+    rows5 = rows.reshape(windows.shape)
+    band = banded_weights(weight, wp, wo, sw)
+    y = scratch(xp, "conv_rows.Y", (F * wo, N * ho), x.dtype)
+    y_pixels = y.reshape(F, wo, N, ho).transpose(2, 0, 3, 1)  # (N, C_out, H_out, W_out) view
+
+    def convolve(x_b: Any, out_b: Any, lo: int, hi: int) -> None:
+        xt[:, pw : pw + W, lo:hi, ph : ph + H] = x_b[lo:hi].transpose(1, 3, 0, 2)
+        rows5[:, :, :, lo:hi] = windows[:, :, :, lo:hi]  # the one copy: kh rows per output row
+        c = slice(lo * ho, hi * ho)
+        xp.matmul(band, rows[:, c], out=y[:, c])  # Y = T @ R: every output row at once
+        if bias is not None:  # one pass: reorders to (N, C_out, H_out, W_out), adds the bias
+            xp.add(y_pixels[lo:hi], bias.reshape(F, 1, 1), out=out_b[lo:hi])
+        else:
+            out_b[lo:hi] = y_pixels[lo:hi]
+
+    return convolve, rows, band
+
+
+def conv2d_rows_backward(dy: Any, cache: RowsCache, input_grad: bool = True) -> tuple:
+    """Gradients ``(dx, dw, db)`` of a convolution done by rows (see the module docstring)."""
+    backend = backend_of(dy)
+    xp = backend.xp
+    rows, band, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias = cache
+    F, _, kh, kw = weight.shape
+    ho, wo = dy.shape[2:]
+    hp, wp = H + 2 * ph, W + 2 * pw
+    # dY laid out like Y: (C_out*W_out, N*H_out)
+    dy4 = scratch(xp, "conv_rows.dY", (F, wo, N, ho), dy.dtype)
+    dY = dy4.reshape(F * wo, N * ho)
+    if input_grad:
+        d_rows = scratch(xp, "conv_rows.dR", rows.shape, rows.dtype)
+        d_rows5 = d_rows.reshape(C, kh, wp, N, ho)
+        dxt = scratch(xp, "conv_rows.dxt", (C, wp, N, hp), dy.dtype)  # like xt
+        dx = scratch(xp, "conv_rows.dx", (N, C, H, W), dy.dtype)
+
+    def block(lo: int, hi: int) -> tuple:
+        """The images lo..hi-1 (one thread): their dx, and their share of dW and db."""
+        dy4[:, :, lo:hi] = dy[lo:hi].transpose(1, 3, 0, 2)
+        c = slice(lo * ho, hi * ho)
+        # dL/dT = dY @ R^T; the weights sit on T's diagonals, so dW sums them back from there
+        d_band = dY[:, c] @ rows[:, c].T
+        dw = _diagonals(d_band.reshape(F, wo, C, kh, wp), kw, sw).sum(axis=1)
+        db = dY[:, c].sum(axis=1).reshape(F, wo).sum(axis=1) if has_bias else None
+        if input_grad:
+            xp.matmul(band.T, dY[:, c], out=d_rows[:, c])  # dL/dR = T^T @ dY
+            # each copied row back onto its input row: one add per kernel row u
+            dxt[:, :, lo:hi] = 0
+            for u in range(kh):
+                dxt[:, :, lo:hi, u : u + sh * (ho - 1) + 1 : sh] += d_rows5[:, u, :, lo:hi]
+            dx[lo:hi] = dxt[:, pw : pw + W, lo:hi, ph : ph + H].transpose(2, 0, 3, 1)
+        return dw, db
+
+    parts = for_batch(xp, N, block, per_item=rows_work(rows, N, kw))
+    dw, db = parts[0]
+    for dw_k, db_k in parts[1:]:  # the blocks' shares, added in block order
+        dw += dw_k
+        if has_bias:
+            db += db_k
+    return (dx if input_grad else None), dw, db
