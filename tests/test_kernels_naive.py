@@ -140,6 +140,7 @@ def conv_method(request, monkeypatch):
 
     by_rows = request.param == "by rows"
     monkeypatch.setattr(conv_mod, "_ROWS_MAX_WIDTH", 1 << 30 if by_rows else 0)
+    monkeypatch.setattr(conv_mod, "_ROWS_IN_EVAL", by_rows)  # (evaluation keeps im2col)
     monkeypatch.setattr(conv_mod, "_FEW_ROWS", 1 << 30 if "per image" in request.param else 0)
     return request.param
 
@@ -226,7 +227,7 @@ def test_recycled_buffers_never_overwrite_live_results(conv_method):
 
 @settings(max_examples=40, deadline=None)
 @given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
-def test_conv2d_without_input_grad_and_under_no_grad(geometry, seed):
+def test_conv2d_without_input_grad_and_under_no_grad(geometry, seed, conv_method):
     """input_grad=False gives the same dW, db and no dx; no_grad (sliced batch) gives the same y."""
     import tinynet
     from tinynet.functional import conv as conv_mod

@@ -80,6 +80,11 @@ _EVAL_COLS_ELEMENTS = 1 << 19
 _ROWS_MAX_WIDTH = 3
 
 
+# ... in training only: the method's gain is in backward (kh adds instead of kh*kw); evaluation,
+# a forward alone, is no faster by rows (benchmarks/ab_conv.py, case "conv2 evaluation").
+_ROWS_IN_EVAL = False
+
+
 def _by_rows(kernel: tuple, padded_width: int) -> bool:
     """Convolve by rows (conv_rows.py) rather than by im2col columns?"""
     return padded_width <= _ROWS_MAX_WIDTH * kernel[1]
@@ -243,16 +248,14 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     out = scratch(xp, "conv.out", (N, F, ho, wo), x.dtype)
     wp = W + 2 * padding[1]
     training = is_grad_enabled()
-    # by rows only for training: its gain is in backward; its forward alone is not faster
-    # (conv 6->12 5x5 on 1000 images of 12x12, one thread: 14.2 ms by rows, 12.3 by im2col)
-    by_rows = training and _by_rows((kh, kw), wp)
+    by_rows = (training or _ROWS_IN_EVAL) and _by_rows((kh, kw), wp)
     geometry = ((kh, kw), stride, padding, (ho, wo))
 
     if not training:
         # evaluation: no columns are kept, so each thread convolves its images a slice at a
         # time through buffers for one slice (small: they stay in the core's cache), made once
         # (on the GPU, whose caches are no place for slices, the whole batch is one slice)
-        per_image = C * kh * kw * ho * wp
+        per_image = C * kh * ho * wp * (1 if by_rows else kw)  # numbers of its columns or rows
         on_cpu = backend_of(x).device == "cpu"
         step = max(1, _EVAL_COLS_ELEMENTS // per_image) if on_cpu else max(N, 1)
 
@@ -261,7 +264,9 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
             for n0 in range(lo, hi, step):
                 n1 = min(n0 + step, hi)
                 if n1 - n0 not in convolvers:
-                    convolvers[n1 - n0] = _convolver(x[n0:n1], w2d, bias, *geometry)[0]
+                    convolvers[n1 - n0] = (
+                        rows_convolver(x[n0:n1], weight, bias, *geometry) if by_rows
+                        else _convolver(x[n0:n1], w2d, bias, *geometry))[0]
                 convolvers[n1 - n0](x[n0:n1], out[n0:n1], 0, n1 - n0)
 
         for_batch(xp, N, block, per_item=per_image)
