@@ -57,3 +57,27 @@ def test_profile_step_quick(tmp_path, net):
     # the timed parts are the step, less the loop's own few statements
     assert parts + data["loss_ms"] + data["update_ms"] <= data["step_ms"] * 1.01
     assert parts > 0.5 * data["step_ms"]
+
+
+def test_ab_conv_quick(tmp_path):
+    cmd = [sys.executable, str(BENCH / "ab_conv.py"), "--quick", "--sample", "--batch-sizes", "8",
+           "--out-dir", str(tmp_path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "| case" in out
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    cases = [r["case"] for r in data["results"]]
+    assert cases == ["training step, batch 8", "conv2-eval", "conv1-dw"]
+    for r in data["results"]:
+        assert len(r["ways"]) == 2 and all(w["median_ms"] > 0 for w in r["ways"].values())
+
+
+def test_threads_probe_quick(tmp_path):
+    cmd = [sys.executable, str(BENCH / "threads_probe.py"), "--quick", "--out-dir", str(tmp_path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "| numbers per add" in out
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    assert [r["gap_us"] for r in data["wake"]] == [0, 50, 200, 500, 2000]
+    assert all(r["median_us"] > 0 for r in data["wake"])
+    assert all(0 < r["two_threads_vs_one"] < 3 for r in data["small_calls"])

@@ -1,0 +1,172 @@
+"""Two ways of one convolution kernel, timed side by side in ONE process, alternating.
+
+The development machine drifts by +-25% between runs (other tenants, CPU clocks), so a change
+worth 10% cannot be seen by timing "before" and "after" one after the other. This script switches
+between the two ways inside one process, round after round, and reports the median of the rounds:
+
+* ``step``: training steps of the course network on real Fashion-MNIST batches (forward, loss,
+  backward, SGD, as ``fit`` does), conv2 by rows vs by im2col (``conv._ROWS_MAX_WIDTH``), at each
+  batch size.
+* ``conv2-eval``: conv2 (6->12, 5x5) on 1000 images of 12x12 inside ``no_grad`` (a forward
+  alone, as in evaluation), by rows vs by im2col (``conv._ROWS_IN_EVAL``).
+* ``conv1-dw``: the backward pass of conv1 (1->6, 5x5, batch 64, no dL/dx) with dW as a stack of
+  per-image products vs one product (``conv._FEW_ROWS``).
+
+    python benchmarks/ab_conv.py                 # all three, 2 threads, 8 rounds
+    python benchmarks/ab_conv.py --quick         # smoke test
+
+Prints a Markdown table and writes JSON under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def _alternate(ways: dict, rounds: int, run_once) -> dict:
+    """``run_once(setting)`` -> seconds per unit; the median and min over rounds, in ms."""
+    times: dict = {name: [] for name in ways}
+    for setting in ways.values():  # warm-up: buffers of both ways exist before timing
+        run_once(setting)
+    for _ in range(rounds):
+        for name, setting in ways.items():
+            times[name].append(run_once(setting) * 1e3)
+    return {name: dict(median_ms=float(np.median(t)), min_ms=float(np.min(t)))
+            for name, t in times.items()}
+
+
+def ab_steps(batch_size: int, steps: int, rounds: int, sample: bool, seed: int) -> dict:
+    import tinynet
+    from tinynet import nn
+    from tinynet.functional import conv
+    from tinynet.models import course_cnn
+
+    xtr, ytr = C.load_fashion_mnist(True, sample)
+    tinynet.manual_seed(seed)
+    model = course_cnn()
+    loss_fn = nn.CrossEntropyLoss()
+    opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    order = np.random.default_rng(seed).permutation(len(ytr))
+    position = [0]
+
+    def run_once(rows_max_width: int) -> float:
+        conv._ROWS_MAX_WIDTH = rows_max_width
+        t0 = 0.0
+        for k in range(steps + 3):  # 3 untimed steps after each switch
+            if k == 3:
+                t0 = time.perf_counter()
+            start = position[0] % (len(ytr) - batch_size)
+            position[0] += batch_size
+            idx = order[start : start + batch_size]
+            loss_fn(model(C.normalise(xtr[idx])), ytr[idx])
+            opt.zero_grad()
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+        return (time.perf_counter() - t0) / steps
+
+    default = conv._ROWS_MAX_WIDTH
+    try:
+        return _alternate({"conv2 by rows": default, "conv2 by im2col": 0}, rounds, run_once)
+    finally:
+        conv._ROWS_MAX_WIDTH = default
+
+
+def ab_kernel(what: str, calls: int, rounds: int, seed: int) -> dict:
+    from tinynet.functional import conv
+
+    rng = np.random.default_rng(seed)
+    if what == "conv2-eval":
+        import tinynet
+
+        x = rng.standard_normal((1000, 6, 12, 12)).astype(np.float32)
+        w = rng.standard_normal((12, 6, 5, 5)).astype(np.float32)
+        b = rng.standard_normal(12).astype(np.float32)
+        attr, ways = "_ROWS_IN_EVAL", {"by rows": True, "by im2col": False}
+
+        def work() -> None:
+            with tinynet.no_grad():
+                conv.conv2d_forward(x, w, b)
+    else:  # conv1-dw
+        x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+        w = rng.standard_normal((6, 1, 5, 5)).astype(np.float32)
+        b = rng.standard_normal(6).astype(np.float32)
+        dy = rng.standard_normal((64, 6, 24, 24)).astype(np.float32)
+        attr, ways = "_FEW_ROWS", {"dW per image": 1 << 30, "dW one product": 0}
+        cache = conv.conv2d_forward(x, w, b)[1]
+
+        def work() -> None:
+            conv.conv2d_backward(dy, cache, input_grad=False)
+
+    default = getattr(conv, attr)
+
+    def run_once(value: Any) -> float:
+        setattr(conv, attr, value)
+        work()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            work()
+        return (time.perf_counter() - t0) / calls
+
+    try:
+        return _alternate(ways, rounds, run_once)
+    finally:
+        setattr(conv, attr, default)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--what", nargs="+", default=["step", "conv2-eval", "conv1-dw"],
+                   choices=["step", "conv2-eval", "conv1-dw"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads (tinynet.set_num_threads; BLAS is limited to as many)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", action="store_true",
+                   help="the shipped sample, not the full data")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 rounds, few steps")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for the JSON (default benchmarks/results)")
+    p.add_argument("--name", default=None, help="JSON file name (default ab_conv[_quick])")
+    args = p.parse_args(argv)
+    rounds = 2 if args.quick else args.rounds
+    limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
+    results, rows = [], []
+    for what in args.what:
+        cases = [(bs, f"training step, batch {bs}") for bs in args.batch_sizes] \
+            if what == "step" else [(None, what)]
+        for bs, label in cases:
+            if what == "step":
+                steps = 2 if args.quick else max(10, 3000 // bs)
+                r = ab_steps(bs, steps, rounds, args.sample, args.seed)
+            else:
+                r = ab_kernel(what, 2 if args.quick else 20, rounds, args.seed)
+            (a, ra), (b, rb) = r.items()
+            rows.append([label, a, ra["median_ms"], b, rb["median_ms"],
+                         ra["median_ms"] / rb["median_ms"]])
+            results.append(dict(case=label, ways=r))
+    table = C.markdown_table(["case", "way A", "A ms (median)", "way B", "B ms (median)",
+                              "A / B"], rows)
+    print(f"{args.threads} threads, {rounds} rounds alternating A and B in one process\n")
+    print(table)
+    data = dict(machine=C.machine_info(args.threads),
+                settings=dict(rounds=rounds, threads=args.threads, seed=args.seed,
+                              sample=args.sample, quick=args.quick),
+                table=table, results=results)
+    path = C.write_json(args.name or "ab_conv" + ("_quick" if args.quick else ""), data,
+                        args.out_dir)
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
