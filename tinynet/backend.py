@@ -129,6 +129,10 @@ class Backend:
 
     def as_strided(self, x: Any, shape: tuple, strides: tuple) -> Any:
         """A strided view of ``x`` (no copy): the trick behind im2col and pooling windows."""
+        if self.xp is np and x.flags.c_contiguous:
+            # the same view through the ndarray constructor: 1 us instead of NumPy's helper's 8,
+            # and it checks that the view stays inside x
+            return np.ndarray(shape, x.dtype, x, 0, strides)
         return self.xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
 
     def scatter_add(self, target: Any, indices: Any, values: Any) -> None:

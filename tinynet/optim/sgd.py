@@ -64,7 +64,7 @@ class SGD(Optimizer):
                         buf = state["momentum_buffer"] = g.copy()
                     else:
                         buf *= momentum
-                        buf += (1 - dampening) * g
+                        buf += (1 - dampening) * g if dampening else g
                     g = g + momentum * buf if nesterov else buf
                 # w <- w - lr * g, in place
                 p.data -= lr * g
