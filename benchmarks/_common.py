@@ -134,6 +134,15 @@ def write_json(name: str, data: dict, out_dir: str | os.PathLike | None = None) 
     return path
 
 
+def save_results(args: Any, default_name: str, data: dict) -> Path:
+    """Write a script's JSON (``--name``, else ``default_name``, ``_quick`` added in quick mode;
+    into ``--out-dir``) and say where."""
+    name = args.name or default_name + ("_quick" if args.quick else "")
+    path = write_json(name, data, args.out_dir)
+    print(f"\nwritten: {path}")
+    return path
+
+
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401

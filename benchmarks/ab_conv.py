@@ -162,9 +162,7 @@ def main(argv=None) -> int:
                 settings=dict(rounds=rounds, threads=args.threads, seed=args.seed,
                               sample=args.sample, quick=args.quick),
                 table=table, results=results)
-    path = C.write_json(args.name or "ab_conv" + ("_quick" if args.quick else ""), data,
-                        args.out_dir)
-    print(f"\nwritten: {path}")
+    C.save_results(args, "ab_conv", data)
     return 0
 
 

@@ -117,9 +117,7 @@ def main(argv=None) -> int:
     data = dict(machine=C.machine_info(args.threads), settings=dict(
         net=args.net, batch_size=batch, steps=steps, threads=args.threads, seed=args.seed),
         table=table, **result)
-    path = C.write_json(args.name or f"profile_step_{args.net}" + ("_quick" if args.quick else ""),
-                        data, args.out_dir)
-    print(f"\nwritten: {path}")
+    C.save_results(args, f"profile_step_{args.net}", data)
     return 0
 
 

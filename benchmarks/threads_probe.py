@@ -105,9 +105,7 @@ def main(argv=None) -> int:
     print(t2)
     data = dict(machine=C.machine_info(2), settings=dict(quick=args.quick), wake=wake,
                 small_calls=calls, tables=[t1, t2])
-    path = C.write_json(args.name or "threads_probe" + ("_quick" if args.quick else ""), data,
-                        args.out_dir)
-    print(f"\nwritten: {path}")
+    C.save_results(args, "threads_probe", data)
     return 0
 
 
