@@ -66,7 +66,7 @@ from .._utils import conv_output_size, pair
 from ..backend import backend_of, is_grad_enabled
 from ..threads import for_batch
 from ._recycle import scratch
-from .conv_rows import RowsCache, conv2d_rows_backward, rows_convolver, rows_work
+from .conv_rows import RowsCache, conv2d_rows_backward, rows_convolver
 
 # inside no_grad, images per slice are chosen so that one slice's columns hold about this many
 # numbers (2 MB in float32). Measured, the course network on 1000 images, 2 threads: 30 ms with
@@ -198,7 +198,7 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
                out_hw: tuple) -> tuple:
     """Buffers for convolving a batch of x's shape, and ``convolve(x_b, out_b, lo, hi)``, which
     writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` for such a batch x_b (pad, im2col, product,
-    reorder). Returns ``(convolve, columns)``.
+    reorder; the whole batch by default). Returns ``(convolve, columns)``.
     """
     xp = backend_of(x).xp
     n, f = x.shape[0], w2d.shape[0]
@@ -207,7 +207,8 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
     y2d = scratch(xp, "conv.y", (f, cols.shape[1]), cols.dtype)
     y = _pixels(y2d, n, out_hw, columns.row_pitch)
 
-    def convolve(x_b: Any, out_b: Any, lo: int, hi: int) -> None:
+    def convolve(x_b: Any, out_b: Any, lo: int = 0, hi: Any = None) -> None:
+        hi = x_b.shape[0] if hi is None else hi
         fill_columns(columns, x_b, lo, hi)
         # Y = W @ cols: every output pixel's dot product, the images lo..hi-1 in one product
         c = slice(lo * L, hi * L)
@@ -267,13 +268,13 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
                     convolvers[n1 - n0] = (
                         rows_convolver(x[n0:n1], weight, bias, *geometry) if by_rows
                         else _convolver(x[n0:n1], w2d, bias, *geometry))[0]
-                convolvers[n1 - n0](x[n0:n1], out[n0:n1], 0, n1 - n0)
+                convolvers[n1 - n0](x[n0:n1], out[n0:n1])
 
         for_batch(xp, N, block, per_item=per_image)
         return out, None
     if by_rows:  # training by rows: R and T are kept for backward
         convolve, rows, band = rows_convolver(x, weight, bias, *geometry)
-        for_batch(xp, N, lambda lo, hi: convolve(x, out, lo, hi), per_item=rows_work(rows, N, kw))
+        convolve(x, out)  # (its threads split the output rows)
         return out, RowsCache(rows, band, weight, x.shape, stride, padding, bias is not None)
     # training: the columns of the whole batch are kept for backward; each thread fills and
     # multiplies its block of images

@@ -18,8 +18,8 @@ weights then gives every pixel of that output row at once:
 (output pixel j sees the kernel shifted by j*s_w: each row of T is a row of the kernel placed at
 its pixel, the same numbers along every diagonal, a "Toeplitz" band). With R the copied rows:
 
-    Y = T @ R     T: (C_out*W_out, C_in*kh*W_pad),  R: (C_in*kh*W_pad, N*H_out),
-                  Y: (C_out*W_out, N*H_out)
+    Y = T @ R     T: (C_out*W_out, C_in*kh*W_pad),  R: (C_in*kh*W_pad, H_out*N),
+                  Y: (C_out*W_out, H_out*N), one column per output row (i, n)
 
 T is mostly zeros (kw numbers of each W_pad are weights), so this product does W_pad/kw times
 the arithmetic of im2col's (2.4x for the course network's conv2). In exchange R is 5x smaller than
@@ -36,9 +36,12 @@ Backward, with dY = dy laid out like Y:
     dL/dx: dR = T^T @ dY, and each copied row is added back onto the input row it came from:
            kh adds, one per kernel row u (rows of different output rows i overlap, so they add)
 
-Layout: the padded input is kept transposed, xt[c, w, n, h], so that the copied rows (and the
-adds of backward) run along h with unit stride: R[(c, u, w), (n, i)] = xt[c, w, n, i*s_h + u].
-Threads split the batch as in conv.py (each block of images: its columns of R, Y and dY).
+Layout: the padded input is kept transposed, xt[c, w, h, n], images last, so that the copied rows
+(and the adds of backward) run over the whole batch with unit stride:
+R[(c, u, w), (i, n)] = xt[c, w, i*s_h + u, n]. Y and dY are stored transposed, (H_out*N,
+C_out*W_out), so that each output row's W_out pixels lie side by side, as in y. Threads split the
+OUTPUT ROWS i (each block: its columns of R and rows of Y^T and dY^T); the adds of backward come
+after the blocks, since the input rows that neighbouring output rows read overlap.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from ._recycle import scratch
 class RowsCache(NamedTuple):
     """What :func:`conv2d_rows_backward` needs."""
 
-    rows: Any  # R: (C_in*kh*W_pad, N*H_out), the copied input rows
+    rows: Any  # R: (C_in*kh*W_pad, H_out*N), the copied input rows
     band: Any  # T: (C_out*W_out, C_in*kh*W_pad), the banded weights
     weight: Any  # (C_out, C_in, kh, kw)
     x_shape: tuple  # (N, C_in, H, W)
@@ -71,6 +74,15 @@ def _diagonals(band5: Any, kw: int, sw: int) -> Any:
                                         strides=(sf, sj + sw * sx, sc, su, sx))
 
 
+def _diagonals_t(band5_t: Any, kw: int, sw: int) -> Any:
+    """Like :func:`_diagonals` for T's transpose, a (C, kh, W_pad, C_out, W_out) array:
+    ``V[f, j, c, u, v] = band5_t[c, u, j*s_w + v, f, j]``."""
+    C, kh, _, F, wo = band5_t.shape
+    sc, su, sx, sf, sj = band5_t.strides
+    return backend_of(band5_t).as_strided(band5_t, shape=(F, wo, C, kh, kw),
+                                          strides=(sf, sj + sw * sx, sc, su, sx))
+
+
 def banded_weights(weight: Any, wp: int, wo: int, sw: int) -> Any:
     """T of shape (C_out*W_out, C_in*kh*W_pad): ``T[(f, j), (c, u, j*s_w + v)] = w[f, c, u, v]``.
 
@@ -84,16 +96,16 @@ def banded_weights(weight: Any, wp: int, wo: int, sw: int) -> Any:
     return band5.reshape(F * wo, C * kh * wp)
 
 
-def rows_work(rows: Any, n: int, kw: int) -> int:
-    """Numbers per image for ``for_batch``'s split: kw times R's (the work is about that of
+def rows_work(rows: Any, ho: int, kw: int) -> int:
+    """Numbers per output row for ``for_batch``'s split: kw times R's (the work is about that of
     im2col's columns, which are that size: R is small, its product is not)."""
-    return rows.size // n * kw if n else 0
+    return rows.size // ho * kw if ho else 0
 
 
 def rows_convolver(x: Any, weight: Any, bias: Any, kernel: tuple, stride: tuple,
                    padding: tuple, out_hw: tuple) -> tuple:
-    """Buffers for convolving a batch of x's shape by rows, and ``convolve(x_b, out_b, lo, hi)``,
-    which writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` (like conv.py's ``_convolver``).
+    """Buffers for convolving a batch of x's shape by rows, and ``convolve(x_b, out_b)``, which
+    writes ``out_b = conv(x_b) + b`` for such a batch (its threads split the output rows).
     Returns ``(convolve, R, T)``.
     """
     backend = backend_of(x)
@@ -102,28 +114,33 @@ def rows_convolver(x: Any, weight: Any, bias: Any, kernel: tuple, stride: tuple,
     F = weight.shape[0]
     kh, (sh, sw), (ph, pw), (ho, wo) = kernel[0], stride, padding, out_hw
     hp, wp = H + 2 * ph, W + 2 * pw
-    # the padded input, transposed: xt[c, w, n, h] (the role names the padding: the borders of a
+    # the padded input, transposed: xt[c, w, h, n] (the role names the padding: the borders of a
     # recycled buffer are still 0)
-    xt = scratch(xp, f"conv_rows.xt.{ph}.{pw}", (C, wp, N, hp), x.dtype)
-    s_c, s_w, s_n, s_h = xt.strides
-    # windows[c, u, w, n, i] = xt[c, w, n, i*s_h + u]: the kh input rows of output row i
-    windows = backend.as_strided(xt, shape=(C, kh, wp, N, ho),
-                                 strides=(s_c, s_h, s_w, s_n, s_h * sh))
-    rows = scratch(xp, "conv_rows.R", (C * kh * wp, N * ho), x.dtype)
+    xt = scratch(xp, f"conv_rows.xt.{ph}.{pw}", (C, wp, hp, N), x.dtype)
+    s_c, s_w, s_h, s_n = xt.strides
+    # windows[c, u, w, i, n] = xt[c, w, i*s_h + u, n]: the kh input rows of output row i
+    windows = backend.as_strided(xt, shape=(C, kh, wp, ho, N),
+                                 strides=(s_c, s_h, s_w, s_h * sh, s_n))
+    rows = scratch(xp, "conv_rows.R", (C * kh * wp, ho * N), x.dtype)
     rows5 = rows.reshape(windows.shape)
     band = banded_weights(weight, wp, wo, sw)
-    y = scratch(xp, "conv_rows.Y", (F * wo, N * ho), x.dtype)
-    y_pixels = y.reshape(F, wo, N, ho).transpose(2, 0, 3, 1)  # (N, C_out, H_out, W_out) view
+    # Y transposed, (H_out*N, C_out*W_out): each output pixel row j = 0..W_out-1 is contiguous
+    y_t = scratch(xp, "conv_rows.Yt", (ho * N, F * wo), x.dtype)
+    y_pixels = y_t.reshape(ho, N, F, wo).transpose(1, 2, 0, 3)  # (N, C_out, H_out, W_out) view
 
-    def convolve(x_b: Any, out_b: Any, lo: int, hi: int) -> None:
-        xt[:, pw : pw + W, lo:hi, ph : ph + H] = x_b[lo:hi].transpose(1, 3, 0, 2)
-        rows5[:, :, :, lo:hi] = windows[:, :, :, lo:hi]  # the one copy: kh rows per output row
-        c = slice(lo * ho, hi * ho)
-        xp.matmul(band, rows[:, c], out=y[:, c])  # Y = T @ R: every output row at once
-        if bias is not None:  # one pass: reorders to (N, C_out, H_out, W_out), adds the bias
-            xp.add(y_pixels[lo:hi], bias.reshape(F, 1, 1), out=out_b[lo:hi])
-        else:
-            out_b[lo:hi] = y_pixels[lo:hi]
+    def convolve(x_b: Any, out_b: Any) -> None:
+        xt[:, pw : pw + W, ph : ph + H] = x_b.transpose(1, 3, 2, 0)
+
+        def block(i0: int, i1: int) -> None:  # the output rows i0..i1-1 (one thread)
+            rows5[:, :, :, i0:i1] = windows[:, :, :, i0:i1]  # the one copy: kh rows per row
+            c = slice(i0 * N, i1 * N)
+            xp.matmul(rows[:, c].T, band.T, out=y_t[c])  # Y^T = R^T @ T^T: every output row
+            if bias is not None:  # one pass: reorders to (N, C_out, H_out, W_out), adds the bias
+                xp.add(y_pixels[:, :, i0:i1], bias.reshape(F, 1, 1), out=out_b[:, :, i0:i1])
+            else:
+                out_b[:, :, i0:i1] = y_pixels[:, :, i0:i1]
+
+        for_batch(xp, ho, block, per_item=rows_work(rows, ho, weight.shape[3]))
 
     return convolve, rows, band
 
@@ -136,36 +153,39 @@ def conv2d_rows_backward(dy: Any, cache: RowsCache, input_grad: bool = True) -> 
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
     hp, wp = H + 2 * ph, W + 2 * pw
-    # dY laid out like Y: (C_out*W_out, N*H_out)
-    dy4 = scratch(xp, "conv_rows.dY", (F, wo, N, ho), dy.dtype)
-    dY = dy4.reshape(F * wo, N * ho)
+    # dY laid out like Y^T: (H_out*N, C_out*W_out)
+    dy4 = scratch(xp, "conv_rows.dYt", (ho, N, F, wo), dy.dtype)
+    dy_t = dy4.reshape(ho * N, F * wo)
     if input_grad:
         d_rows = scratch(xp, "conv_rows.dR", rows.shape, rows.dtype)
-        d_rows5 = d_rows.reshape(C, kh, wp, N, ho)
-        dxt = scratch(xp, "conv_rows.dxt", (C, wp, N, hp), dy.dtype)  # like xt
-        dx = scratch(xp, "conv_rows.dx", (N, C, H, W), dy.dtype)
 
-    def block(lo: int, hi: int) -> tuple:
-        """The images lo..hi-1 (one thread): their dx, and their share of dW and db."""
-        dy4[:, :, lo:hi] = dy[lo:hi].transpose(1, 3, 0, 2)
-        c = slice(lo * ho, hi * ho)
-        # dL/dT = dY @ R^T; the weights sit on T's diagonals, so dW sums them back from there
-        d_band = dY[:, c] @ rows[:, c].T
-        dw = _diagonals(d_band.reshape(F, wo, C, kh, wp), kw, sw).sum(axis=1)
-        db = dY[:, c].sum(axis=1).reshape(F, wo).sum(axis=1) if has_bias else None
+    def block(i0: int, i1: int) -> tuple:
+        """The output rows i0..i1-1 (one thread): their dR, and their share of dW and db."""
+        dy4[i0:i1] = dy[:, :, i0:i1].transpose(2, 0, 1, 3)
+        c = slice(i0 * N, i1 * N)
+        # dL/dT = dY @ R^T (here its transpose, R @ dY^T); the weights sit on T's diagonals,
+        # so dW sums them back from there
+        d_band_t = rows[:, c] @ dy_t[c]  # (C_in*kh*W_pad, C_out*W_out)
+        dw = _diagonals_t(d_band_t.reshape(C, kh, wp, F, wo), kw, sw).sum(axis=1)
+        db = dy_t[c].sum(axis=0).reshape(F, wo).sum(axis=1) if has_bias else None
         if input_grad:
-            xp.matmul(band.T, dY[:, c], out=d_rows[:, c])  # dL/dR = T^T @ dY
-            # each copied row back onto its input row: one add per kernel row u
-            dxt[:, :, lo:hi] = 0
-            for u in range(kh):
-                dxt[:, :, lo:hi, u : u + sh * (ho - 1) + 1 : sh] += d_rows5[:, u, :, lo:hi]
-            dx[lo:hi] = dxt[:, pw : pw + W, lo:hi, ph : ph + H].transpose(2, 0, 3, 1)
+            xp.matmul(band.T, dy_t[c].T, out=d_rows[:, c])  # dL/dR = T^T @ dY
         return dw, db
 
-    parts = for_batch(xp, N, block, per_item=rows_work(rows, N, kw))
+    parts = for_batch(xp, ho, block, per_item=rows_work(rows, ho, kw))
     dw, db = parts[0]
     for dw_k, db_k in parts[1:]:  # the blocks' shares, added in block order
         dw += dw_k
         if has_bias:
             db += db_k
-    return (dx if input_grad else None), dw, db
+    if not input_grad:
+        return None, dw, db
+    # each copied row back onto its input row: one add per kernel row u (output rows i and i + 1
+    # read overlapping input rows, so this runs after the blocks, on whole (h, n) planes)
+    dxt = scratch(xp, "conv_rows.dxt", (C, wp, hp, N), dy.dtype, zero=True)  # like xt
+    d_rows5 = d_rows.reshape(C, kh, wp, ho, N)
+    for u in range(kh):
+        dxt[:, :, u : u + sh * (ho - 1) + 1 : sh] += d_rows5[:, u]
+    dx = scratch(xp, "conv_rows.dx", (N, C, H, W), dy.dtype)
+    dx[...] = dxt[:, pw : pw + W, ph : ph + H].transpose(3, 0, 2, 1)
+    return dx, dw, db
