@@ -7,6 +7,7 @@ setting, and that the workers hold no buffer that the recycling needs back.
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 import time
@@ -159,10 +160,46 @@ def test_ctrl_c_while_waiting_lets_the_workers_finish_first(n_threads):
     with pytest.raises(KeyboardInterrupt):
         threads.for_batch(np, 2, block)
     assert finished == [1]  # the interrupt came out only after the worker's block was done
-    assert threads._results.empty()
 
     def slow_block(lo, hi):
         time.sleep(0.05 * lo)
         return hi - lo
 
     assert threads.for_batch(np, 4, slow_block) == [2, 2]
+
+
+def test_an_interrupt_right_after_a_wakeup_loses_no_report(n_threads, monkeypatch):
+    """The race behind a hang once seen in the suite: Ctrl-C handled just after the caller took a
+    worker's wake-up from the queue (Python checks for signals right after a call returns). The
+    caller must still see that the block finished, and raise the interrupt then."""
+    n_threads(2)
+
+    class Wakeup(queue.SimpleQueue):
+        fired = False
+
+        def get(self, *args, **kwargs):
+            item = super().get(*args, **kwargs)
+            if not Wakeup.fired:
+                Wakeup.fired = True
+                raise KeyboardInterrupt  # as if SIGINT were handled right as get() returned
+            return item
+
+    class Call(threads._Call):
+        def __init__(self, parts):
+            super().__init__(parts)
+            self.wakeup = Wakeup()
+
+    monkeypatch.setattr(threads, "_Call", Call)
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(threads.for_batch(np, 4, lambda lo, hi: hi - lo))
+        except KeyboardInterrupt:
+            outcome.append("interrupted")
+
+    caller = threading.Thread(target=run, daemon=True)  # (a hang must not hold up pytest)
+    caller.start()
+    caller.join(timeout=10)
+    assert not caller.is_alive(), "the caller still waits for a report it already took"
+    assert outcome == ["interrupted"] and Wakeup.fired

@@ -50,7 +50,6 @@ _state = threading.local()  # .inside: this thread runs a block of a parallel ca
 _lock = threading.Lock()  # one parallel call at a time; a second caller runs its batch alone
 _num_threads = min(_cores(), _MAX_DEFAULT_THREADS)
 _workers: list = []  # [(task queue, thread)] started on first use
-_results: queue.SimpleQueue = queue.SimpleQueue()
 _blas = None  # [(threadpoolctl BLAS controller, its own thread count)] while BLAS is held at 1
 
 
@@ -75,21 +74,36 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+class _Call:
+    """One parallel call's blocks: their results, errors and whether each is finished.
+
+    Each call has its own, so a late block can never report to the next call. The caller reads
+    ``finished`` (the state), and ``wakeup`` only tells it to look again: a wake-up lost to a
+    Ctrl-C loses nothing.
+    """
+
+    def __init__(self, parts: int) -> None:
+        self.out: list = [None] * parts
+        self.errors: list = [None] * parts
+        self.finished = [False] * parts
+        self.wakeup: queue.SimpleQueue = queue.SimpleQueue()
+
+
 def _worker(tasks: queue.SimpleQueue) -> None:
     _state.inside = True
     while True:
-        fn, lo, hi = tasks.get()
+        fn, lo, hi, k, call = tasks.get()
         try:
-            fn(lo, hi)
-            result = None
+            call.out[k] = fn(lo, hi)
         except BaseException as error:  # handed to the caller, which raises it
-            result = error
+            call.errors[k] = error
         # drop the task before reporting: it refers to the kernel's buffers, which
         # _recycle.scratch hands out again only once no one else holds them (an error's
         # traceback refers to them too: the caller raises it, this thread lets it go)
         del fn
-        _results.put(result)
-        del result
+        call.finished[k] = True
+        call.wakeup.put(None)
+        del call
 
 
 def _single_thread_blas() -> None:
@@ -146,34 +160,30 @@ def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0)
             _workers.append((tasks, thread))
         _single_thread_blas()
         blocks = _split(n, parts)
-        # a worker's return value does not travel back: collect it through a list
-        out: list = [None] * parts
+        call = _Call(parts)
         for k, (lo, hi) in enumerate(blocks[1:], start=1):
-            _workers[k - 1][0].put((_keep(fn, out, k), lo, hi))
-        error = None
+            _workers[k - 1][0].put((fn, lo, hi, k, call))
         _state.inside = True  # a kernel called inside a block runs on its thread alone
         try:
-            out[0] = fn(*blocks[0])
+            call.out[0] = fn(*blocks[0])
         except BaseException as e:  # still wait for the workers before raising
-            error = e
+            call.errors[0] = e
         finally:
             _state.inside = False
-        for _ in range(parts - 1):
-            reported = _wait_for_a_worker()  # every worker, even after an error here
-            error = error or reported
+        interrupted = _wait_for_workers(call)  # every worker, even after an error here
+        error = next((e for e in call.errors if e is not None), interrupted)
         if error is not None:
             raise error
-        return out
+        return call.out
     finally:
         _lock.release()
 
 
 def _after_fork_in_child() -> None:
     """A forked child has no worker threads (only the forking thread survives a fork)."""
-    global _lock, _results
+    global _lock
     _workers.clear()
     _lock = threading.Lock()
-    _results = queue.SimpleQueue()
     _state.inside = False
 
 
@@ -181,24 +191,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _wait_for_a_worker() -> BaseException | None:
-    """One worker's report: None, or the exception its block raised.
+def _wait_for_workers(call: _Call) -> BaseException | None:
+    """Wait until every worker block of ``call`` is finished; returns a KeyboardInterrupt that
+    came meanwhile (or None).
 
-    Ctrl-C while waiting does not stop the wait: a worker still running its block would report
-    later, to the NEXT parallel call, which would then return before its own blocks were done.
-    The wait is short (one block); the interrupt is raised once every worker has reported.
+    Ctrl-C while waiting does not stop the wait: a worker still running its block would go on
+    writing into the kernel's outputs after the caller had moved on. The wait is short (one
+    block); the interrupt is raised once every worker has finished. The loop reads the blocks'
+    ``finished`` flags, so an interrupt that lands anywhere in it (even just after a wake-up was
+    taken from the queue) loses nothing.
     """
     interrupted = None
     while True:
         try:
-            result = _results.get()
+            while not all(call.finished[1:]):
+                try:
+                    call.wakeup.get(timeout=0.05)  # (the timeout: in case a wake-up was lost)
+                except queue.Empty:
+                    pass
+            return interrupted
         except KeyboardInterrupt as e:
             interrupted = e
-            continue
-        return result or interrupted
-
-
-def _keep(fn: Callable, out: list, k: int) -> Callable:
-    def run(lo: int, hi: int) -> None:
-        out[k] = fn(lo, hi)
-    return run
