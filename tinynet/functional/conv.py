@@ -76,7 +76,7 @@ _EVAL_COLS_ELEMENTS = 1 << 19
 # Convolve by rows (conv_rows.py) when the padded image is at most this many kernels wide: that
 # method does W_pad/kw times the arithmetic of im2col but copies kh numbers per input number
 # instead of kh*kw. Measured on 2 cores: 12 wide with a 5x5 kernel (2.4x the arithmetic), the
-# course network's training step 2-14% faster (benchmarks/ab_conv.py); 28 wide (5.6x): no faster.
+# course network's training step 10-20% faster (benchmarks/ab_conv.py); 28 wide (5.6x): no faster.
 _ROWS_MAX_WIDTH = 3
 
 
@@ -359,8 +359,8 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
 # dW of columns with fewer rows than this (C_in*kh*kw: a first layer on 1-3 channels) is a stack
 # of per-image products. Measured (OpenBLAS, 2 cores): the ONE 2-D product with so few rows and a
 # long inner dimension does not run side by side in two threads (together 0.9x the work of one
-# thread, not 2x), a stack of products does (conv 1->6 5x5, batch 64, backward: 1.35 -> 0.79 ms,
-# benchmarks/ab_conv.py).
+# thread, not 2x), a stack of products does (conv 1->6 5x5, batch 64, backward: about 0.6x the
+# time, benchmarks/ab_conv.py).
 _FEW_ROWS = 64
 
 

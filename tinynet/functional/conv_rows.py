@@ -24,7 +24,7 @@ its pixel, the same numbers along every diagonal, a "Toeplitz" band). With R the
 T is mostly zeros (kw numbers of each W_pad are weights), so this product does W_pad/kw times
 the arithmetic of im2col's (2.4x for the course network's conv2). In exchange R is 5x smaller than
 im2col's columns (less copying, less memory traffic, 5 adds instead of 25 in backward) and the
-product has a shape BLAS runs fast: the course network's training step is 2-14% faster with its
+product has a shape BLAS runs fast: the course network's training step is 10-20% faster with its
 conv2 by rows (``benchmarks/ab_conv.py``). For a wide image (W_pad of 28 for a 5x5 kernel: 5.6x
 the arithmetic) im2col is as fast, and a forward alone (evaluation) is no faster by rows.
 
