@@ -26,7 +26,7 @@ the arithmetic of im2col's (2.4x for the course network's conv2). In exchange R 
 im2col's columns (less copying, less memory traffic, 5 adds instead of 25 in backward) and the
 product has a shape BLAS runs fast: the course network's training step is 10-20% faster with its
 conv2 by rows (``benchmarks/ab_conv.py``). For a wide image (W_pad of 28 for a 5x5 kernel: 5.6x
-the arithmetic) im2col is as fast, and a forward alone (evaluation) is no faster by rows.
+the arithmetic) im2col is as fast, and a forward alone (evaluation) gains nothing clear by rows.
 
 Backward, with dY = dy laid out like Y:
     dL/dW: dT = dY @ R^T, then dW[f, c, u, v] = sum over j of dT[(f, j), (c, u, j*s_w + v)]
