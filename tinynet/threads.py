@@ -179,6 +179,18 @@ def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0)
         _lock.release()
 
 
+def add_blocks(parts: list) -> tuple:
+    """The blocks' partial sums from ``for_batch``, each a tuple of arrays (or None), added in
+    block order (so a run is repeatable for a given number of threads). The first block's arrays
+    receive the sums."""
+    total = parts[0]
+    for part in parts[1:]:
+        for a, b in zip(total, part, strict=True):
+            if a is not None:
+                a += b
+    return total
+
+
 def _after_fork_in_child() -> None:
     """A forked child has no worker threads (only the forking thread survives a fork)."""
     global _lock

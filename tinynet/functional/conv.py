@@ -64,7 +64,7 @@ from typing import Any, NamedTuple
 
 from .._utils import conv_output_size, pair
 from ..backend import backend_of, is_grad_enabled
-from ..threads import for_batch
+from ..threads import add_blocks, for_batch
 from ._recycle import scratch
 from .conv_rows import RowsCache, conv2d_rows_backward, rows_convolver
 
@@ -344,13 +344,7 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
         return dw, db
 
     # one block per thread; the blocks' shares of dW and db are added in block order
-    # (so a run is repeatable for a given number of threads)
-    parts = for_batch(xp, N, block, per_item=cols.shape[0] * L)
-    dw, db = parts[0]
-    for dw_k, db_k in parts[1:]:
-        dw += dw_k
-        if has_bias:
-            db += db_k
+    dw, db = add_blocks(for_batch(xp, N, block, per_item=K * L))
     dw = dw.reshape(weight.shape)
     if not input_grad:
         return None, dw, db

@@ -49,7 +49,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import backend_of
-from ..threads import for_batch
+from ..threads import add_blocks, for_batch
 from ._recycle import scratch
 
 
@@ -72,15 +72,6 @@ def _diagonals(band5: Any, kw: int, sw: int) -> Any:
     sf, sj, sc, su, sx = band5.strides
     return backend_of(band5).as_strided(band5, shape=(F, wo, C, kh, kw),
                                         strides=(sf, sj + sw * sx, sc, su, sx))
-
-
-def _diagonals_t(band5_t: Any, kw: int, sw: int) -> Any:
-    """Like :func:`_diagonals` for T's transpose, a (C, kh, W_pad, C_out, W_out) array:
-    ``V[f, j, c, u, v] = band5_t[c, u, j*s_w + v, f, j]``."""
-    C, kh, _, F, wo = band5_t.shape
-    sc, su, sx, sf, sj = band5_t.strides
-    return backend_of(band5_t).as_strided(band5_t, shape=(F, wo, C, kh, kw),
-                                          strides=(sf, sj + sw * sx, sc, su, sx))
 
 
 def banded_weights(weight: Any, wp: int, wo: int, sw: int) -> Any:
@@ -166,18 +157,15 @@ def conv2d_rows_backward(dy: Any, cache: RowsCache, input_grad: bool = True) -> 
         # dL/dT = dY @ R^T (here its transpose, R @ dY^T); the weights sit on T's diagonals,
         # so dW sums them back from there
         d_band_t = rows[:, c] @ dy_t[c]  # (C_in*kh*W_pad, C_out*W_out)
-        dw = _diagonals_t(d_band_t.reshape(C, kh, wp, F, wo), kw, sw).sum(axis=1)
+        d_band5 = d_band_t.reshape(C, kh, wp, F, wo).transpose(3, 4, 0, 1, 2)  # like T's
+        dw = _diagonals(d_band5, kw, sw).sum(axis=1)
         db = dy_t[c].sum(axis=0).reshape(F, wo).sum(axis=1) if has_bias else None
         if input_grad:
             xp.matmul(band.T, dy_t[c].T, out=d_rows[:, c])  # dL/dR = T^T @ dY
         return dw, db
 
-    parts = for_batch(xp, ho, block, per_item=rows_work(rows, ho, kw))
-    dw, db = parts[0]
-    for dw_k, db_k in parts[1:]:  # the blocks' shares, added in block order
-        dw += dw_k
-        if has_bias:
-            db += db_k
+    # the blocks' shares of dW and db, added in block order
+    dw, db = add_blocks(for_batch(xp, ho, block, per_item=rows_work(rows, ho, kw)))
     if not input_grad:
         return None, dw, db
     # each copied row back onto its input row: one add per kernel row u (output rows i and i + 1
