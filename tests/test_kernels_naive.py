@@ -164,6 +164,39 @@ def test_conv2d_matches_naive_loops(geometry, seed, conv_method):
         assert db is None
 
 
+@settings(max_examples=40, deadline=None)
+@given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
+def test_conv2d_with_relu_matches_naive_loops(geometry, seed, conv_method):
+    """``relu=True`` (the ReLU as the convolution's last step): y = max(conv, 0), and backward
+    takes dL/dy of that ReLU's output, so it must equal the naive conv's backward of dy * [y > 0].
+    In training, in evaluation (sliced) and without dx."""
+    from tinynet.functional import conv as conv_mod
+
+    x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
+    z = naive_conv2d(x, w, b, stride, padding)
+    y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=True)
+    np.testing.assert_allclose(y, np.maximum(z, 0), rtol=1e-10, atol=1e-10)
+    assert (y >= 0).all()
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, cache)
+    ndx, ndw, ndb = naive_conv2d_backward(dy * (y > 0), x, w, stride, padding)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
+    if b is not None:
+        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
+    y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=True)
+    assert F.conv2d_backward(dy, cache, input_grad=False)[0] is None
+    old = conv_mod._EVAL_COLS_ELEMENTS
+    conv_mod._EVAL_COLS_ELEMENTS = 1  # one image per slice
+    try:
+        with tinynet.no_grad():
+            y_eval, cache_eval = F.conv2d_forward(x, w, b, stride, padding, relu=True)
+    finally:
+        conv_mod._EVAL_COLS_ELEMENTS = old
+    assert cache_eval is None
+    np.testing.assert_allclose(y_eval, np.maximum(z, 0), rtol=1e-10, atol=1e-10)
+
+
 @settings(max_examples=60, deadline=None)
 @given(geometry=pool_geometry(), seed=st.integers(0, 2**16), ties=st.booleans())
 def test_maxpool2d_matches_naive_loops(geometry, seed, ties):
@@ -179,6 +212,23 @@ def test_maxpool2d_matches_naive_loops(geometry, seed, ties):
     dy = rng.standard_normal(y.shape)
     np.testing.assert_allclose(F.maxpool2d_backward(dy, cache),
                                naive_maxpool_backward(dy, where, x_shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_keeps_nan_and_its_zeros_stay_zero(dtype):
+    """max(x, 0) takes its zeros from a recycled array (faster than the scalar 0): NaN still
+    propagates as in np.maximum, -0.0 and 0 give 0, and the array of zeros is never written."""
+    from tinynet.functional.activation import _zeros, relu_in_place
+
+    x = np.array([[np.nan, -0.0, 0.0, -1.5, 2.0, np.inf, -np.inf]] * 3, dtype=dtype)
+    for _ in range(2):  # the second call gets the recycled zeros
+        y, mask = F.relu_forward(x)
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+        np.testing.assert_array_equal(mask, x > 0)
+        z = x.copy()
+        relu_in_place(z)
+        np.testing.assert_array_equal(z, np.maximum(x, 0))
+        assert not _zeros(np, x.shape, x.dtype).any()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

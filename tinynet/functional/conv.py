@@ -47,6 +47,11 @@ kernel), training copies whole input rows instead of windows and multiplies them
 ("Toeplitz") weight matrix: kh copies of each input number instead of kh*kw, at W_pad/kw times the
 arithmetic. Its backward adds kh rows back instead of kh*kw windows; that is where it wins.
 
+The last steps of forward: the bias is added on Y's long rows (C_out, N*L) before Y is reordered,
+not through the reordered view's short rows (2-3x faster, measured). With ``relu=True`` (the
+``Sequential`` of a Conv2d and a ReLU asks for it) a ReLU follows there too, while the block is in
+the cache, and backward starts with the ReLU's backward (dY * [y > 0]) as it reorders dY anyway.
+
 Evaluation (inside ``tinynet.no_grad()``) keeps no columns for backward, so each thread convolves
 its images a slice at a time through buffers for one slice: they stay small (in the core's cache).
 
@@ -66,6 +71,7 @@ from .._utils import conv_output_size, pair
 from ..backend import backend_of, is_grad_enabled
 from ..threads import add_blocks, for_batch
 from ._recycle import scratch
+from .activation import relu_backward_into, relu_in_place
 from .conv_rows import RowsCache, conv2d_rows_backward, rows_convolver
 
 # inside no_grad, images per slice are chosen so that one slice's columns hold about this many
@@ -101,6 +107,7 @@ class ConvCache(NamedTuple):
     padding: tuple  # (p_h, p_w)
     has_bias: bool
     row_pitch: int  # W_pad for the flat-rows layout (stride 1), 0 for the plain layout
+    relu_mask: Any = None  # [y > 0] (N, C_out, H_out, W_out) when a ReLU ran as the last step
 
 
 def pad2d(x: Any, padding: tuple, value: float = 0.0) -> Any:
@@ -196,10 +203,11 @@ def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
 
 
 def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, padding: tuple,
-               out_hw: tuple) -> tuple:
+               out_hw: tuple, relu: bool = False, mask: Any = None) -> tuple:
     """Buffers for convolving a batch of x's shape, and ``convolve(x_b, out_b, lo, hi)``, which
     writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` for such a batch x_b (pad, im2col, product,
-    reorder; the whole batch by default). Returns ``(convolve, columns)``.
+    reorder; the whole batch by default), then ``max(., 0)`` with ``relu`` (and ``mask[lo:hi]``,
+    if given, the ReLU's mask). Returns ``(convolve, columns)``.
     """
     xp = backend_of(x).xp
     n, f = x.shape[0], w2d.shape[0]
@@ -207,6 +215,7 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
     cols, L = columns.cols, columns.per_image
     y2d = scratch(xp, "conv.y", (f, cols.shape[1]), cols.dtype)
     y = _pixels(y2d, n, out_hw, columns.row_pitch)
+    bias_column = None if bias is None else bias.reshape(f, 1)
 
     def convolve(x_b: Any, out_b: Any, lo: int = 0, hi: Any = None) -> None:
         hi = x_b.shape[0] if hi is None else hi
@@ -214,15 +223,21 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
         # Y = W @ cols: every output pixel's dot product, the images lo..hi-1 in one product
         c = slice(lo * L, hi * L)
         xp.matmul(w2d, cols[:, c], out=y2d[:, c])
-        if bias is not None:  # one pass: reorders to (N, C_out, ...) and adds the bias
-            xp.add(y[lo:hi], bias.reshape(f, 1, 1), out=out_b[lo:hi])
-        else:
-            out_b[lo:hi] = y[lo:hi]
+        # the bias (and the ReLU) on Y's long rows, then one reordering copy: 2-3x faster than
+        # adding the bias on the way, through the reordered view's short rows (measured)
+        if bias is not None:
+            xp.add(y2d[:, c], bias_column, out=y2d[:, c])
+        if relu:  # while the block is still in this core's cache
+            relu_in_place(y2d[:, c])
+        out_b[lo:hi] = y[lo:hi]
+        if mask is not None:  # the ReLU's mask [y > 0], for backward
+            xp.greater(out_b[lo:hi], 0, out=mask[lo:hi])
 
     return convolve, columns
 
 
-def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0):
+def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                   relu: bool = False):
     """Convolve a batch of images with a bank of filters.
 
     ``y[n, f, i, j] = b[f] + sum_{c, u, v} w[f, c, u, v] * x_pad[n, c, i*s_h + u, j*s_w + v]``
@@ -232,6 +247,10 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
         weight: filters (C_out, C_in, kh, kw).
         bias: (C_out,) or None.
         stride, padding: int or pair (height, width).
+        relu: apply a ReLU as the last step, ``y = max(y, 0)``, on each block of the output
+            while it is still in the cache (and keep its mask: :func:`conv2d_backward` then takes
+            dL/d(ReLU output) and applies the ReLU's backward first). Same result as
+            :func:`~tinynet.functional.relu_forward` after the convolution, one pass fewer.
 
     Returns:
         ``(y, cache)`` with y of shape (N, C_out, H_out, W_out),
@@ -250,6 +269,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     out = scratch(xp, "conv.out", (N, F, ho, wo), x.dtype)
     wp = W + 2 * padding[1]
     training = is_grad_enabled()
+    mask = scratch(xp, "conv.relu_mask", out.shape, xp.bool_) if relu and training else None
     by_rows = (training or _ROWS_IN_EVAL) and _by_rows((kh, kw), wp)
     geometry = ((kh, kw), stride, padding, (ho, wo))
 
@@ -267,23 +287,24 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
                 n1 = min(n0 + step, hi)
                 if n1 - n0 not in convolvers:
                     convolvers[n1 - n0] = (
-                        rows_convolver(x[n0:n1], weight, bias, *geometry) if by_rows
-                        else _convolver(x[n0:n1], w2d, bias, *geometry))[0]
+                        rows_convolver(x[n0:n1], weight, bias, *geometry, relu) if by_rows
+                        else _convolver(x[n0:n1], w2d, bias, *geometry, relu))[0]
                 convolvers[n1 - n0](x[n0:n1], out[n0:n1])
 
         for_batch(xp, N, block, per_item=per_image)
         return out, None
     if by_rows:  # training by rows: R and T are kept for backward
-        convolve, rows, band = rows_convolver(x, weight, bias, *geometry)
+        convolve, rows, band = rows_convolver(x, weight, bias, *geometry, relu, mask)
         convolve(x, out)  # (its threads split the output rows)
-        return out, RowsCache(rows, band, weight, x.shape, stride, padding, bias is not None)
+        return out, RowsCache(rows, band, weight, x.shape, stride, padding, bias is not None,
+                              mask)
     # training: the columns of the whole batch are kept for backward; each thread fills and
     # multiplies its block of images
-    convolve, columns = _convolver(x, w2d, bias, *geometry)
+    convolve, columns = _convolver(x, w2d, bias, *geometry, relu, mask)
     per_image = columns.cols.shape[0] * columns.per_image  # numbers of one image's columns
     for_batch(xp, N, lambda lo, hi: convolve(x, out, lo, hi), per_item=per_image)
     return out, ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
-                          columns.row_pitch)
+                          columns.row_pitch, mask)
 
 
 def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
@@ -307,7 +328,7 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
     if isinstance(cache, RowsCache):  # convolved by rows (conv_rows.py)
         return conv2d_rows_backward(dy, cache, input_grad)
     xp = backend_of(dy).xp
-    cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch = cache
+    cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch, mask = cache
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
     L = cols.shape[1] // N if N else 0  # columns per image
@@ -326,7 +347,10 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
     def block(lo: int, hi: int) -> tuple:
         """The images lo..hi-1 (one thread): their dx, and their share of dW and db."""
         n = hi - lo
-        dy_rows[:, lo:hi, :, :wo] = dy[lo:hi].transpose(1, 0, 2, 3)
+        # (after a ReLU that ran as the forward's last step, its backward first: dy * mask)
+        relu_backward_into(dy[lo:hi].transpose(1, 0, 2, 3),
+                           None if mask is None else mask[lo:hi].transpose(1, 0, 2, 3),
+                           dy_rows[:, lo:hi, :, :wo])
         c = slice(lo * L, hi * L)
         # dL/dW = sum over images and positions of dy (x) window
         if K < _FEW_ROWS:  # a stack of per-image products, then their sum (see _FEW_ROWS)
