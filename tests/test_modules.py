@@ -327,6 +327,59 @@ def test_sequential_backward_runs_children_in_reverse():
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-14)
 
 
+@settings(max_examples=25, deadline=None)
+@given(cfg=conv_configs(), seed=seeds)
+def test_sequential_runs_a_conv_and_its_relu_as_one_call_with_the_same_results(cfg, seed):
+    """Conv2d then ReLU runs as ``conv.forward(x, relu=True)`` (the ReLU module does not run);
+    output, dL/dx and every gradient are bit for bit those of the modules run one by one."""
+    tinynet.manual_seed(seed % 1000)
+    conv = nn.Conv2d(cfg.c_in, cfg.c_out, cfg.kernel, cfg.stride, cfg.padding, bias=cfg.bias,
+                     dtype=tinynet.float64)
+    ho, wo = conv.output_shape(cfg.x_shape)[2:]
+    fused = nn.Sequential(conv, nn.ReLU(), nn.Flatten(),
+                          nn.Linear(cfg.c_out * ho * wo, 3, dtype=tinynet.float64), nn.ReLU())
+    plain = fused.copy()
+    plain.fuse_relu = False
+    x, dy = normal(seed, cfg.x_shape), normal(seed + 1, (cfg.n, 3))
+    calls = []
+    relu_forward = nn.ReLU.forward
+
+    def counting(self, x):
+        calls.append(self)
+        return relu_forward(self, x)
+
+    nn.ReLU.forward = counting  # on the class: the instances stay fusable
+    try:
+        y = fused(x)
+        assert calls == [fused[4]]  # only the ReLU after Linear ran as a module
+        y_plain = plain(x)
+        assert calls[1:] == [plain[1], plain[4]]
+    finally:
+        nn.ReLU.forward = relu_forward
+    np.testing.assert_array_equal(y, y_plain)
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(dy))
+    for p, q in zip(fused.parameters(), plain.parameters(), strict=True):
+        np.testing.assert_array_equal(p.grad, q.grad)
+    with tinynet.no_grad():
+        np.testing.assert_array_equal(fused(x), plain(x))
+
+
+def test_a_relu_whose_forward_is_replaced_on_the_instance_runs_on_its_own():
+    """A wrapper put on one module (as tinynet.inspect records a model) sees every call."""
+    tinynet.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    seen = []
+    relu = model[1]
+    original = relu.forward
+    relu.forward = lambda x: seen.append(x.shape) or original(x)
+    assert (model(normal(0, (2, 1, 5, 5), dtype=np.float32)) >= 0).all()
+    assert seen == [(2, 2, 3, 3)]
+    model.backward(np.ones((2, 2, 3, 3), np.float32))  # the ReLU's own backward ran: no error
+    fresh = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())  # recorded by instance wrappers
+    recorded = tinynet.inspect.record_forward(fresh, normal(0, (2, 1, 5, 5), dtype=np.float32))
+    assert [type(m).__name__ for _, m, _, _ in recorded] == ["Conv2d", "ReLU"]
+
+
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()

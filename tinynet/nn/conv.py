@@ -115,12 +115,21 @@ class Conv2d(Module):
 
     accepts_input_grad = True  # backward(dy, input_grad=False) skips dL/dx (see Sequential)
 
-    def forward(self, x: Any) -> Any:
+    fuses_relu = True  # forward(x, relu=True) runs a following ReLU inside (see Sequential)
+
+    def forward(self, x: Any, relu: bool = False) -> Any:
+        """The convolution of a batch x (N, C_in, H, W) -> (N, C_out, H_out, W_out).
+
+        ``relu=True`` returns ``max(conv(x), 0)``: a ReLU as the kernel's last step, one pass over
+        memory fewer (``Sequential`` asks for it when a ReLU module follows); backward then takes
+        dL/d(the ReLU's output).
+        """
         where = f"Conv2d({self.extra_repr()})"
         check_layer_input(where, x, self.weight.data)
         self.output_shape(x.shape)
         bias = self.bias.data if self.bias is not None else None
-        y, cache = F.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
+        y, cache = F.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                                    relu=relu)
         self.save_for_backward((cache, y.shape))
         return y
 

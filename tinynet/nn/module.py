@@ -417,9 +417,36 @@ class Sequential(Module):
             return Sequential(*mods[index])
         return mods[index]
 
+    # run a Conv2d and the ReLU right after it as one kernel call (see forward); False runs
+    # every module on its own (set it on a model, or on the class for every model)
+    fuse_relu = True
+
     def forward(self, x: Any) -> Any:
-        for m in self._modules.values():
-            x = m(x)
+        """Each module in turn: ``x = module(x)``.
+
+        One exception, for speed: a layer whose class says ``fuses_relu = True`` (Conv2d)
+        directly followed by a ``ReLU`` runs as ``layer.forward(x, relu=True)``: the convolution
+        applies the ReLU to each block of its output while the block is still in the CPU's cache,
+        instead of the ReLU module reading the whole output again in a pass of its own. The
+        result is the same, bit for bit; the ReLU module itself does not run (and ``backward``
+        hands dL/d(ReLU output) straight to the layer, which applies the ReLU's backward first).
+        Set ``model.fuse_relu = False`` to run every module on its own. Modules whose forward or
+        backward was replaced on the instance (as ``tinynet.inspect`` does to record them) always
+        run on their own.
+        """
+        modules = list(self._modules.values())
+        fused = []  # positions of the ReLUs that ran inside the layer before them
+        i = 0
+        while i < len(modules):
+            m = modules[i]
+            if self.fuse_relu and i + 1 < len(modules) and _fuses(m, modules[i + 1]):
+                x = m.forward(x, relu=True)
+                fused.append(i + 1)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
+        object.__setattr__(self, "_fused", fused)
         return x
 
     def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
@@ -430,10 +457,21 @@ class Sequential(Module):
         computed as usual. The weight gradients are the same either way.
         """
         modules = list(self._modules.values())
+        fused = self.__dict__.get("_fused", ())
         for i in range(len(modules) - 1, -1, -1):
+            if i in fused:  # this ReLU ran inside the layer before it: that layer's backward
+                continue    # applies the ReLU's backward too
             m = modules[i]
             if i == 0 and not input_grad and getattr(type(m), "accepts_input_grad", False):
                 grad_output = m.backward(grad_output, input_grad=False)
             else:
                 grad_output = m.backward(grad_output)
         return grad_output
+
+
+def _fuses(layer: Module, nxt: Module) -> bool:
+    """Can ``layer`` run the ReLU module ``nxt`` inside its own forward (see Sequential.forward)?"""
+    from .activation import ReLU
+
+    return (type(nxt) is ReLU and getattr(type(layer), "fuses_relu", False)
+            and not {"forward", "backward"} & (vars(layer).keys() | vars(nxt).keys()))
