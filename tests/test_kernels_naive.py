@@ -248,6 +248,16 @@ def test_relu_and_linear_match_formulas(dtype):
     np.testing.assert_allclose(dx, g @ w, rtol=1e-5)
     np.testing.assert_allclose(dw, g.T @ x, rtol=1e-5)
     np.testing.assert_allclose(db, g.sum(0), rtol=1e-5)
+    # relu=True: y = max(x W^T + b, 0), and backward starts with g * [y > 0]
+    y, cache = F.linear_forward(x, w, b, relu=True)
+    z = x @ w.T + b
+    np.testing.assert_allclose(y, np.maximum(z, 0), rtol=1e-5)
+    assert (y >= 0).all() and (y == 0).any()
+    dx, dw, db = F.linear_backward(g, cache)
+    gm = g * (z > 0)
+    np.testing.assert_allclose(dx, gm @ w, rtol=1e-5)
+    np.testing.assert_allclose(dw, gm.T @ x, rtol=1e-5)
+    np.testing.assert_allclose(db, gm.sum(0), rtol=1e-5)
 
 
 def test_recycled_buffers_never_overwrite_live_results(conv_method):

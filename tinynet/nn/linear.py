@@ -82,11 +82,18 @@ class Linear(Module):
 
     accepts_input_grad = True  # backward(dy, input_grad=False) skips dL/dx (see Sequential)
 
-    def forward(self, x: Any) -> Any:
+    fuses_relu = True  # forward(x, relu=True) runs a following ReLU inside (see Sequential)
+
+    def forward(self, x: Any, relu: bool = False) -> Any:
+        """``y = x @ W^T + b`` for a batch x (N, in_features) -> (N, out_features).
+
+        ``relu=True`` returns ``max(y, 0)``: ``Sequential`` asks for it when a ReLU module
+        follows (one call instead of two); backward then takes dL/d(the ReLU's output).
+        """
         check_layer_input(f"Linear({self.extra_repr()})", x, self.weight.data)
         self.output_shape(x.shape)
         bias = self.bias.data if self.bias is not None else None
-        y, cache = F.linear_forward(x, self.weight.data, bias)
+        y, cache = F.linear_forward(x, self.weight.data, bias, relu=relu)
         self.save_for_backward(cache)
         return y
 

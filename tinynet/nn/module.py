@@ -417,19 +417,20 @@ class Sequential(Module):
             return Sequential(*mods[index])
         return mods[index]
 
-    # run a Conv2d and the ReLU right after it as one kernel call (see forward); False runs
+    # run a Conv2d or Linear and the ReLU right after it as one call (see forward); False runs
     # every module on its own (set it on a model, or on the class for every model)
     fuse_relu = True
 
     def forward(self, x: Any) -> Any:
         """Each module in turn: ``x = module(x)``.
 
-        One exception, for speed: a layer whose class says ``fuses_relu = True`` (Conv2d)
-        directly followed by a ``ReLU`` runs as ``layer.forward(x, relu=True)``: the convolution
-        applies the ReLU to each block of its output while the block is still in the CPU's cache,
-        instead of the ReLU module reading the whole output again in a pass of its own. The
-        result is the same, bit for bit; the ReLU module itself does not run (and ``backward``
-        hands dL/d(ReLU output) straight to the layer, which applies the ReLU's backward first).
+        One exception, for speed: a layer whose class says ``fuses_relu = True`` (Conv2d,
+        Linear) directly followed by a ``ReLU`` runs as ``layer.forward(x, relu=True)``: the
+        layer applies the ReLU to each block of its output while the block is still in the CPU's
+        cache (a convolution: on each thread's block), instead of the ReLU module reading the
+        whole output again in a pass and a call of its own. The result is the same, bit for bit;
+        the ReLU module itself does not run (and ``backward`` hands dL/d(ReLU output) straight
+        to the layer, which applies the ReLU's backward first).
         Set ``model.fuse_relu = False`` to run every module on its own. Modules whose forward or
         backward was replaced on the instance (as ``tinynet.inspect`` does to record them) always
         run on their own.
@@ -470,8 +471,13 @@ class Sequential(Module):
 
 
 def _fuses(layer: Module, nxt: Module) -> bool:
-    """Can ``layer`` run the ReLU module ``nxt`` inside its own forward (see Sequential.forward)?"""
-    from .activation import ReLU
+    """Can ``layer`` run the ReLU module ``nxt`` inside its own forward (see Sequential.forward)?
+    Not if either one's forward or backward was replaced on the instance (a recording wrapper
+    must see every call)."""
+    if type(nxt).__name__ != "ReLU" or not getattr(type(layer), "fuses_relu", False):
+        return False
+    from .activation import ReLU  # (here: activation.py imports this module)
 
-    return (type(nxt) is ReLU and getattr(type(layer), "fuses_relu", False)
-            and not {"forward", "backward"} & (vars(layer).keys() | vars(nxt).keys()))
+    a, b = layer.__dict__, nxt.__dict__
+    return (type(nxt) is ReLU and "forward" not in a and "backward" not in a
+            and "forward" not in b and "backward" not in b)
