@@ -365,6 +365,70 @@ def test_sequential_runs_a_conv_and_its_relu_as_one_call_with_the_same_results(c
         np.testing.assert_array_equal(fused(x), plain(x))
 
 
+@pytest.fixture
+def two_threads_tiny_blocks():
+    from tinynet import threads
+
+    saved = tinynet.get_num_threads(), threads.MIN_BLOCK_NUMBERS
+    tinynet.set_num_threads(2)
+    threads.MIN_BLOCK_NUMBERS = 1  # so that even these small batches are worth a worker
+    yield
+    tinynet.set_num_threads(saved[0])
+    threads.MIN_BLOCK_NUMBERS = saved[1]
+
+
+def _narrow_conv_net():
+    """A convolution by rows (padded width 10 <= 3 kernels of 5): its backward comes in parts."""
+    tinynet.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(2, 3, 1, dtype=tinynet.float64), nn.ReLU(),
+                         nn.Conv2d(3, 4, 5, padding=1, dtype=tinynet.float64), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, 3, dtype=tinynet.float64))
+
+
+def test_sequential_backward_hands_a_layers_weight_gradients_to_a_worker(
+        two_threads_tiny_blocks, monkeypatch):
+    """The by-rows convolution's dW and db run on a worker while dx goes on down; they are in
+    .grad when backward returns, and equal those of the one-call backward."""
+    from tinynet import threads
+
+    model, x, dy = _narrow_conv_net(), normal(0, (5, 2, 8, 8)), normal(1, (5, 3))
+    reference = model.copy()
+    started = []
+    start = threads.start
+    monkeypatch.setattr(threads, "start", lambda fn: started.append(fn) or start(fn))
+    model(x)
+    dx = model.backward(dy)
+    assert len(started) == 1  # the second convolution's weight part (the first runs by im2col)
+    tinynet.set_num_threads(1)  # no worker: everything in one call, on this thread
+    reference(x)
+    np.testing.assert_allclose(dx, reference.backward(dy), rtol=1e-12, atol=1e-12)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is not None, name
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_an_error_in_a_deferred_weight_gradient_reaches_backward(two_threads_tiny_blocks,
+                                                                 monkeypatch):
+    from tinynet.functional import conv as conv_mod
+
+    model, x, dy = _narrow_conv_net(), normal(0, (5, 2, 8, 8)), normal(1, (5, 3))
+    real = conv_mod.conv2d_rows_backward_parts
+
+    def broken(dy, cache):
+        input_part, _ = real(dy, cache)
+        return input_part, lambda: 1 / 0
+
+    monkeypatch.setattr(conv_mod, "conv2d_rows_backward_parts", broken)
+    model(x)
+    with pytest.raises(ZeroDivisionError):
+        model.backward(dy)
+    monkeypatch.setattr(conv_mod, "conv2d_rows_backward_parts", real)
+    model.zero_grad()
+    model(x)
+    model.backward(dy)  # nothing left pending from the failed one
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_a_relu_whose_forward_is_replaced_on_the_instance_runs_on_its_own():
     """A wrapper put on one module (as tinynet.inspect records a model) sees every call."""
     tinynet.manual_seed(0)

@@ -13,7 +13,7 @@ from .avgpool import (
     avgpool2d_forward,
 )
 from .batchnorm import batchnorm_backward, batchnorm_forward
-from .conv import conv2d_backward, conv2d_forward
+from .conv import conv2d_backward, conv2d_backward_parts, conv2d_forward
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
@@ -24,6 +24,7 @@ __all__ = [
     # the course network
     "conv2d_forward",
     "conv2d_backward",
+    "conv2d_backward_parts",
     "linear_forward",
     "linear_backward",
     "relu_forward",

@@ -69,10 +69,15 @@ from typing import Any, NamedTuple
 
 from .._utils import conv_output_size, pair
 from ..backend import backend_of, is_grad_enabled
-from ..threads import add_blocks, for_batch
+from ..threads import add_blocks, for_batch, worth_splitting
 from ._recycle import scratch
 from .activation import relu_backward_into, relu_in_place
-from .conv_rows import RowsCache, conv2d_rows_backward, rows_convolver
+from .conv_rows import (
+    RowsCache,
+    conv2d_rows_backward,
+    conv2d_rows_backward_parts,
+    rows_convolver,
+)
 
 # inside no_grad, images per slice are chosen so that one slice's columns hold about this many
 # numbers (2 MB in float32). Measured, the course network on 1000 images, 2 threads: 30 ms with
@@ -373,6 +378,21 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
     if not input_grad:
         return None, dw, db
     return dx_pad[:, :, ph : ph + H, pw : pw + W], dw, db
+
+
+def conv2d_backward_parts(dy: Any, cache: Any) -> tuple | None:
+    """The backward of :func:`conv2d_backward` (with dx) as two independent parts,
+    ``(input_part, weight_part)``: ``input_part()`` returns dx, ``weight_part()`` returns
+    ``(dw, db)``. Neither needs the other, so they may run on two threads at once: a network's
+    backward computes dx (the layer below is waiting for it) while a worker computes dW and db
+    (nothing needs them before the optimizer's step). Returns None where this convolution's
+    backward does not come in parts (only the convolution by rows does so far) or where the
+    batch is too small for a second thread to pay (``threads.worth_splitting``); then call
+    :func:`conv2d_backward`.
+    """
+    if isinstance(cache, RowsCache) and worth_splitting(cache.rows.size * cache.weight.shape[3]):
+        return conv2d_rows_backward_parts(dy, cache)
+    return None
 
 
 # dW of columns with fewer rows than this (C_in*kh*kw: a first layer on 1-3 channels) is a stack

@@ -8,7 +8,7 @@ from .. import functional as F
 from .._utils import conv_output_size, pair
 from ._checks import check_int, check_layer_input, check_non_negative, check_positive
 from .init import bias_uniform, kaiming_uniform
-from .module import Module, Parameter
+from .module import Module, Parameter, defer_weight_grads, deferring_weight_grads
 
 
 class Conv2d(Module):
@@ -138,11 +138,24 @@ class Conv2d(Module):
         ``input_grad``: then the input gradient is not computed at all)."""
         cache, y_shape = self.saved()
         self.check_grad_output(grad_output, y_shape)
+        if input_grad and deferring_weight_grads():
+            # inside a Sequential's backward: dW and db on a worker thread while this thread
+            # computes dx for the layers below (where the kernel comes in two parts)
+            parts = F.conv2d_backward_parts(grad_output, cache)
+            if parts is not None:
+                input_part, weight_part = parts
+                if not defer_weight_grads(weight_part, self._add_weight_grads):
+                    self._add_weight_grads(weight_part())
+                return input_part()
         dx, dw, db = F.conv2d_backward(grad_output, cache, input_grad=input_grad)
+        self._add_weight_grads((dw, db))
+        return dx
+
+    def _add_weight_grads(self, grads: tuple) -> None:
+        dw, db = grads
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)
-        return dx
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

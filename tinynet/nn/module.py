@@ -28,10 +28,12 @@ Writing your own module::
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .. import backend as B
+from .. import threads
 
 _NO_CACHE = object()
 
@@ -456,18 +458,77 @@ class Sequential(Module):
         ``input_grad=False``: the first module skips dL/dinput when it accepts the option
         (its class has ``accepts_input_grad = True``) and None is returned; otherwise dL/dinput is
         computed as usual. The weight gradients are the same either way.
+
+        With more than one thread a layer may hand its weight gradients to a worker thread
+        (:func:`defer_weight_grads`: a convolution by rows does) and go on with dL/dinput at
+        once; every such gradient is waited for and added into ``.grad`` before this returns.
         """
         modules = list(self._modules.values())
         fused = self.__dict__.get("_fused", ())
-        for i in range(len(modules) - 1, -1, -1):
-            if i in fused:  # this ReLU ran inside the layer before it: that layer's backward
-                continue    # applies the ReLU's backward too
-            m = modules[i]
-            if i == 0 and not input_grad and getattr(type(m), "accepts_input_grad", False):
-                grad_output = m.backward(grad_output, input_grad=False)
-            else:
-                grad_output = m.backward(grad_output)
+        opened = getattr(_deferred, "pending", None) is None  # (not inside an outer Sequential)
+        if opened:
+            _deferred.pending = []
+        try:
+            for i in range(len(modules) - 1, -1, -1):
+                if i in fused:  # this ReLU ran inside the layer before it: that layer's backward
+                    continue    # applies the ReLU's backward too
+                m = modules[i]
+                if i == 0 and not input_grad and getattr(type(m), "accepts_input_grad", False):
+                    grad_output = m.backward(grad_output, input_grad=False)
+                else:
+                    grad_output = m.backward(grad_output)
+        except BaseException:
+            if opened:
+                _finish_deferred(add=False)
+            raise
+        if opened:
+            _finish_deferred(add=True)
         return grad_output
+
+
+# Weight gradients that layers handed to a worker thread during the running Sequential.backward:
+# .pending is a list of (threads.Later, on_done) while one runs, None otherwise (one per thread)
+_deferred = threading.local()
+
+
+def defer_weight_grads(compute: Callable[[], Any], on_done: Callable[[Any], None]) -> bool:
+    """For a layer's backward: inside ``Sequential.backward``, start ``compute()`` (the layer's
+    weight gradients) on a worker thread and return True; ``on_done(its result)`` runs when that
+    backward ends. Meanwhile the layer computes dL/dinput, and the layers below go on with it:
+    nothing needs dW before the optimizer's step. Returns False (and runs nothing) outside a
+    Sequential's backward or when no worker is free (1 thread): the caller computes them itself.
+    """
+    pending = getattr(_deferred, "pending", None)
+    if pending is None:
+        return False
+    later = threads.start(compute)
+    if later is None:
+        return False
+    pending.append((later, on_done))
+    return True
+
+
+def deferring_weight_grads() -> bool:
+    """Would :func:`defer_weight_grads` hand work to a worker now (inside Sequential.backward,
+    with more than one thread)?"""
+    return getattr(_deferred, "pending", None) is not None and threads.get_num_threads() > 1
+
+
+def _finish_deferred(add: bool) -> None:
+    """Wait for every deferred weight gradient (no worker may still write once backward has
+    returned); with ``add``, hand each to its layer (and raise the first error among them)."""
+    pending, _deferred.pending = _deferred.pending, None
+    error = None
+    for later, on_done in pending:
+        try:
+            result = later.result()
+        except BaseException as e:
+            error = error or e
+            continue
+        if add and error is None:
+            on_done(result)
+    if add and error is not None:
+        raise error
 
 
 def _fuses(layer: Module, nxt: Module) -> bool:
