@@ -7,12 +7,17 @@ between the two ways inside one process, round after round, and reports the medi
 * ``step``: training steps of the course network on real Fashion-MNIST batches (forward, loss,
   backward, SGD, as ``fit`` does), conv2 by rows vs by im2col (``conv._ROWS_MAX_WIDTH``), at each
   batch size.
+* ``fuse``: the same training steps with each ReLU run inside the layer before it vs every module
+  alone (``model.fuse_relu``); ``fuse-eval``: the course network on 1000 images under
+  ``no_grad``, the same two ways.
+* ``defer``: the same training steps with conv2's dW and db on a worker thread while backward goes
+  on vs inside conv2's backward call (``model.defer_weight_grads``).
 * ``conv2-eval``: conv2 (6->12, 5x5) on 1000 images of 12x12 inside ``no_grad`` (a forward
   alone, as in evaluation), by rows vs by im2col (``conv._ROWS_IN_EVAL``).
 * ``conv1-dw``: the backward pass of conv1 (1->6, 5x5, batch 64, no dL/dx) with dW as a stack of
   per-image products vs one product (``conv._FEW_ROWS``).
 
-    python benchmarks/ab_conv.py                 # all three, 2 threads, 8 rounds
+    python benchmarks/ab_conv.py                 # all cases, 2 threads, 8 rounds
     python benchmarks/ab_conv.py --quick         # smoke test
 
 Prints a Markdown table and writes JSON under ``benchmarks/results/``.
@@ -44,7 +49,23 @@ def _alternate(ways: dict, rounds: int, run_once) -> dict:
             for name, t in times.items()}
 
 
-def ab_steps(batch_size: int, steps: int, rounds: int, sample: bool, seed: int) -> dict:
+# the switches of the training-step cases: (way A, way B, how to set a way on the model)
+def _switch(what: str, model: Any) -> tuple:
+    from tinynet.functional import conv
+
+    if what == "step":
+        default = conv._ROWS_MAX_WIDTH
+        return "conv2 by rows", "conv2 by im2col", lambda a: setattr(
+            conv, "_ROWS_MAX_WIDTH", default if a else 0)
+    if what == "fuse":
+        return "ReLU inside the layer", "every module alone", lambda a: setattr(
+            model, "fuse_relu", a)
+    return "conv2 dW on a worker", "dW inside backward", lambda a: setattr(
+        model, "defer_weight_grads", a)
+
+
+def ab_steps(what: str, batch_size: int, steps: int, rounds: int, sample: bool,
+             seed: int) -> dict:
     import tinynet
     from tinynet import nn
     from tinynet.functional import conv
@@ -58,8 +79,10 @@ def ab_steps(batch_size: int, steps: int, rounds: int, sample: bool, seed: int) 
     order = np.random.default_rng(seed).permutation(len(ytr))
     position = [0]
 
-    def run_once(rows_max_width: int) -> float:
-        conv._ROWS_MAX_WIDTH = rows_max_width
+    way_a, way_b, use = _switch(what, model)
+
+    def run_once(a: bool) -> float:
+        use(a)
         t0 = 0.0
         for k in range(steps + 3):  # 3 untimed steps after each switch
             if k == 3:
@@ -75,7 +98,7 @@ def ab_steps(batch_size: int, steps: int, rounds: int, sample: bool, seed: int) 
 
     default = conv._ROWS_MAX_WIDTH
     try:
-        return _alternate({"conv2 by rows": default, "conv2 by im2col": 0}, rounds, run_once)
+        return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
         conv._ROWS_MAX_WIDTH = default
 
@@ -84,6 +107,25 @@ def ab_kernel(what: str, calls: int, rounds: int, seed: int) -> dict:
     from tinynet.functional import conv
 
     rng = np.random.default_rng(seed)
+    if what == "fuse-eval":
+        import tinynet
+        from tinynet.models import course_cnn
+
+        x = rng.standard_normal((1000, 1, 28, 28)).astype(np.float32)
+        model = course_cnn()
+        model.eval()
+
+        def run(fused: bool) -> float:
+            model.fuse_relu = fused
+            with tinynet.no_grad():
+                model(x)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    model(x)
+            return (time.perf_counter() - t0) / calls
+
+        return _alternate({"ReLU inside the layer": True, "every module alone": False},
+                          rounds, run)
     if what == "conv2-eval":
         import tinynet
 
@@ -124,8 +166,9 @@ def ab_kernel(what: str, calls: int, rounds: int, seed: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--what", nargs="+", default=["step", "conv2-eval", "conv1-dw"],
-                   choices=["step", "conv2-eval", "conv1-dw"])
+    p.add_argument("--what", nargs="+",
+                   default=["step", "fuse", "defer", "conv2-eval", "fuse-eval", "conv1-dw"],
+                   choices=["step", "fuse", "defer", "conv2-eval", "fuse-eval", "conv1-dw"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--threads", type=int, default=2,
@@ -142,12 +185,14 @@ def main(argv=None) -> int:
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
     results, rows = [], []
     for what in args.what:
-        cases = [(bs, f"training step, batch {bs}") for bs in args.batch_sizes] \
-            if what == "step" else [(None, what)]
+        stepping = what in ("step", "fuse", "defer")
+        name = "training step" if what == "step" else f"{what}: training step"
+        cases = [(bs, f"{name}, batch {bs}") for bs in args.batch_sizes] \
+            if stepping else [(None, what)]
         for bs, label in cases:
-            if what == "step":
+            if stepping:
                 steps = 2 if args.quick else max(10, 3000 // bs)
-                r = ab_steps(bs, steps, rounds, args.sample, args.seed)
+                r = ab_steps(what, bs, steps, rounds, args.sample, args.seed)
             else:
                 r = ab_kernel(what, 2 if args.quick else 20, rounds, args.seed)
             (a, ra), (b, rb) = r.items()

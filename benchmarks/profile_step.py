@@ -92,8 +92,8 @@ def profile(net: str, batch_size: int, steps: int, warmup: int, seed: int) -> di
     sequential_ms = (time.perf_counter() - t_start) / steps * 1e3
     rows = [dict(index=i, module=repr(m).split("\n")[0], fwd_ms=fwd[i] / steps * 1e3,
                  bwd_ms=bwd[i] / steps * 1e3) for i, m in enumerate(modules)]
-    return dict(step_ms=step_ms, sequential_step_ms=sequential_ms, loss_ms=loss_s / steps * 1e3, update_ms=update_s / steps * 1e3,
-                modules=rows)
+    return dict(step_ms=step_ms, sequential_step_ms=sequential_ms, loss_ms=loss_s / steps * 1e3,
+                update_ms=update_s / steps * 1e3, modules=rows)
 
 
 def main(argv=None) -> int:

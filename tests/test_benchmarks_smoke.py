@@ -67,7 +67,8 @@ def test_ab_conv_quick(tmp_path):
     (path,) = tmp_path.glob("*.json")
     data = json.loads(path.read_text())
     cases = [r["case"] for r in data["results"]]
-    assert cases == ["training step, batch 8", "conv2-eval", "conv1-dw"]
+    assert cases == ["training step, batch 8", "fuse: training step, batch 8",
+                     "defer: training step, batch 8", "conv2-eval", "fuse-eval", "conv1-dw"]
     for r in data["results"]:
         assert len(r["ways"]) == 2 and all(w["median_ms"] > 0 for w in r["ways"].values())
 

@@ -422,6 +422,9 @@ class Sequential(Module):
     # run a Conv2d or Linear and the ReLU right after it as one call (see forward); False runs
     # every module on its own (set it on a model, or on the class for every model)
     fuse_relu = True
+    # let layers hand their weight gradients to a worker thread during backward (see backward);
+    # False computes each inside its layer's backward call
+    defer_weight_grads = True
 
     def forward(self, x: Any) -> Any:
         """Each module in turn: ``x = module(x)``.
@@ -462,10 +465,12 @@ class Sequential(Module):
         With more than one thread a layer may hand its weight gradients to a worker thread
         (:func:`defer_weight_grads`: a convolution by rows does) and go on with dL/dinput at
         once; every such gradient is waited for and added into ``.grad`` before this returns.
+        ``model.defer_weight_grads = False`` keeps each inside its layer's backward call.
         """
         modules = list(self._modules.values())
         fused = self.__dict__.get("_fused", ())
-        opened = getattr(_deferred, "pending", None) is None  # (not inside an outer Sequential)
+        # (not inside an outer Sequential, whose backward then collects them)
+        opened = self.defer_weight_grads and getattr(_deferred, "pending", None) is None
         if opened:
             _deferred.pending = []
         try:
