@@ -386,11 +386,12 @@ def conv2d_backward_parts(dy: Any, cache: Any) -> tuple | None:
     ``(dw, db)``. Neither needs the other, so they may run on two threads at once: a network's
     backward computes dx (the layer below is waiting for it) while a worker computes dW and db
     (nothing needs them before the optimizer's step). Returns None where this convolution's
-    backward does not come in parts (only the convolution by rows does so far) or where the
-    batch is too small for a second thread to pay (``threads.worth_splitting``); then call
-    :func:`conv2d_backward`.
+    backward does not come in parts (only the convolution by rows does so far), where the batch
+    is too small for a second thread to pay (``threads.worth_splitting``) and on the GPU (which
+    needs no host threads); then call :func:`conv2d_backward`.
     """
-    if isinstance(cache, RowsCache) and worth_splitting(cache.rows.size * cache.weight.shape[3]):
+    if (isinstance(cache, RowsCache) and backend_of(dy).device == "cpu"
+            and worth_splitting(cache.rows.size * cache.weight.shape[3])):
         return conv2d_rows_backward_parts(dy, cache)
     return None
 
