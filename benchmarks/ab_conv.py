@@ -7,9 +7,9 @@ between the two ways inside one process, round after round, and reports the medi
 * ``step``: training steps of the course network on real Fashion-MNIST batches (forward, loss,
   backward, SGD, as ``fit`` does), conv2 by rows vs by im2col (``conv._ROWS_MAX_WIDTH``), at each
   batch size.
-* ``fuse``: the same training steps with each ReLU run inside the layer before it vs every module
-  alone (``model.fuse_relu``); ``fuse-eval``: the course network on 1000 images under
-  ``no_grad``, the same two ways.
+* ``fuse``: the same training steps with each ReLU (and a max pooling after a convolution's ReLU)
+  run inside the layer before it vs every module alone (``model.fuse_relu``); ``fuse-eval``: the
+  course network on 1000 images under ``no_grad``, the same two ways.
 * ``defer``: the same training steps with conv2's dW and db on a worker thread while backward goes
   on vs inside conv2's backward call (``model.defer_weight_grads``).
 * ``conv2-eval``: conv2 (6->12, 5x5) on 1000 images of 12x12 inside ``no_grad`` (a forward
@@ -58,7 +58,7 @@ def _switch(what: str, model: Any) -> tuple:
         return "conv2 by rows", "conv2 by im2col", lambda a: setattr(
             conv, "_ROWS_MAX_WIDTH", default if a else 0)
     if what == "fuse":
-        return "ReLU inside the layer", "every module alone", lambda a: setattr(
+        return "ReLU, pool inside the layer", "every module alone", lambda a: setattr(
             model, "fuse_relu", a)
     return "conv2 dW on a worker", "dW inside backward", lambda a: setattr(
         model, "defer_weight_grads", a)
@@ -124,7 +124,7 @@ def ab_kernel(what: str, calls: int, rounds: int, seed: int) -> dict:
                     model(x)
             return (time.perf_counter() - t0) / calls
 
-        return _alternate({"ReLU inside the layer": True, "every module alone": False},
+        return _alternate({"ReLU, pool inside the layer": True, "every module alone": False},
                           rounds, run)
     if what == "conv2-eval":
         import tinynet

@@ -197,6 +197,41 @@ def test_conv2d_with_relu_matches_naive_loops(geometry, seed, conv_method):
     np.testing.assert_allclose(y_eval, np.maximum(z, 0), rtol=1e-10, atol=1e-10)
 
 
+@settings(max_examples=40, deadline=None)
+@given(geometry=conv_geometry(), seed=st.integers(0, 2**16), pool=st.tuples(
+    st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
+def test_conv2d_with_relu_and_pool_matches_naive_loops(geometry, seed, pool, conv_method):
+    """``relu=True, pool=(kernel, stride)``: the max pooling of the ReLU'd convolution (its many
+    zeros tie: the first maximum must win), and backward from dL/d(pooled output) equals the
+    naive chain pool -> ReLU -> conv; in training and in evaluation (sliced)."""
+    from tinynet.functional import conv as conv_mod
+
+    x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
+    r = np.maximum(naive_conv2d(x, w, b, stride, padding), 0)
+    kernel = (min(pool[0], r.shape[2]), min(pool[1], r.shape[3]))
+    p_stride = pool[2:]
+    ny, where = naive_maxpool(r, kernel, p_stride, (0, 0))
+    y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=True, pool=(kernel, p_stride))
+    np.testing.assert_allclose(y, ny, rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, cache)
+    dr = naive_maxpool_backward(dy, where, r.shape)
+    ndx, ndw, ndb = naive_conv2d_backward(dr * (r > 0), x, w, stride, padding)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
+    if b is not None:
+        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
+    old = conv_mod._EVAL_COLS_ELEMENTS
+    conv_mod._EVAL_COLS_ELEMENTS = 1  # one image per slice, each pooled on its own
+    try:
+        with tinynet.no_grad():
+            y_eval, _ = F.conv2d_forward(x, w, b, stride, padding, relu=True,
+                                         pool=(kernel, p_stride))
+    finally:
+        conv_mod._EVAL_COLS_ELEMENTS = old
+    np.testing.assert_allclose(y_eval, ny, rtol=1e-10, atol=1e-10)
+
+
 @settings(max_examples=60, deadline=None)
 @given(geometry=pool_geometry(), seed=st.integers(0, 2**16), ties=st.booleans())
 def test_maxpool2d_matches_naive_loops(geometry, seed, ties):

@@ -365,6 +365,42 @@ def test_sequential_runs_a_conv_and_its_relu_as_one_call_with_the_same_results(c
         np.testing.assert_array_equal(fused(x), plain(x))
 
 
+@settings(max_examples=25, deadline=None)
+@given(cfg=conv_configs(), seed=seeds, pool=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_sequential_runs_conv_relu_and_max_pool_as_one_call_with_the_same_results(cfg, seed,
+                                                                                  pool):
+    """Conv2d, ReLU, MaxPool2d runs as ``conv.forward(x, relu=True, pool=the_pool)``: bit for
+    bit the results of the three modules one by one; a padded pooling runs on its own."""
+    tinynet.manual_seed(seed % 1000)
+    conv = nn.Conv2d(cfg.c_in, cfg.c_out, cfg.kernel, cfg.stride, cfg.padding, bias=cfg.bias,
+                     dtype=tinynet.float64)
+    ho, wo = conv.output_shape(cfg.x_shape)[2:]
+    kernel = (min(pool[0], ho), min(pool[1], wo))
+    pools = [nn.MaxPool2d(kernel, stride=pool[1]),
+             nn.MaxPool2d(kernel, padding=(kernel[0] // 2, 0))]
+    for p in pools:
+        ph, pw = p.output_shape((1, 1, ho, wo))[2:]
+        fused = nn.Sequential(conv.copy(), nn.ReLU(), p, nn.Flatten(),
+                              nn.Linear(cfg.c_out * ph * pw, 2, dtype=tinynet.float64))
+        plain = fused.copy()
+        plain.fuse_relu = False
+        x, dy = normal(seed, cfg.x_shape), normal(seed + 1, (cfg.n, 2))
+        y = fused(x)
+        assert (fused._fused == [1, 2]) == (p.padding == (0, 0))
+        np.testing.assert_array_equal(y, plain(x))
+        np.testing.assert_array_equal(fused.backward(dy), plain.backward(dy))
+        for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
+            np.testing.assert_array_equal(a.grad, b.grad)
+        with tinynet.no_grad():
+            np.testing.assert_array_equal(fused(x), plain(x))
+
+
+def test_a_pool_too_large_for_the_fused_conv_output_gives_the_pools_error():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(4))
+    with pytest.raises(ValueError, match=r"MaxPool2d.*window 4x4 is larger"):
+        model(np.zeros((1, 1, 5, 5), np.float32))
+
+
 @pytest.fixture
 def two_threads_tiny_blocks():
     from tinynet import threads

@@ -51,6 +51,9 @@ The last steps of forward: the bias is added on Y's long rows (C_out, N*L) befor
 not through the reordered view's short rows (2-3x faster, measured). With ``relu=True`` (the
 ``Sequential`` of a Conv2d and a ReLU asks for it) a ReLU follows there too, while the block is in
 the cache, and backward starts with the ReLU's backward (dY * [y > 0]) as it reorders dY anyway.
+With ``pool=`` a max pooling follows as well: each thread pools the images it just convolved
+(``pooling.maxpool2d_forward_blocks``), and backward routes each block's dy back through the
+pooling first (``maxpool2d_backward_blocks``): no pass of its own, and on both threads.
 
 Evaluation (inside ``tinynet.no_grad()``) keeps no columns for backward, so each thread convolves
 its images a slice at a time through buffers for one slice: they stay small (in the core's cache).
@@ -113,6 +116,14 @@ class ConvCache(NamedTuple):
     has_bias: bool
     row_pitch: int  # W_pad for the flat-rows layout (stride 1), 0 for the plain layout
     relu_mask: Any = None  # [y > 0] (N, C_out, H_out, W_out) when a ReLU ran as the last step
+
+
+class PooledCache(NamedTuple):
+    """A convolution (with its ReLU) and the max pooling after it, run as one call
+    (``conv2d_forward(..., pool=...)``): what each one's backward needs."""
+
+    conv: Any  # ConvCache or RowsCache
+    pool: Any  # MaxPoolCache
 
 
 def pad2d(x: Any, padding: tuple, value: float = 0.0) -> Any:
@@ -242,7 +253,7 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
 
 
 def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-                   relu: bool = False):
+                   relu: bool = False, pool: Any = None):
     """Convolve a batch of images with a bank of filters.
 
     ``y[n, f, i, j] = b[f] + sum_{c, u, v} w[f, c, u, v] * x_pad[n, c, i*s_h + u, j*s_w + v]``
@@ -256,6 +267,12 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
             while it is still in the cache (and keep its mask: :func:`conv2d_backward` then takes
             dL/d(ReLU output) and applies the ReLU's backward first). Same result as
             :func:`~tinynet.functional.relu_forward` after the convolution, one pass fewer.
+        pool: ``(kernel_size, stride)`` of a max pooling (no padding) that follows (after the
+            ReLU, if any): the pooled output is returned, each thread pooling its block of
+            images right after convolving it, while the block is in its core's cache (on the
+            GPU and for a convolution by rows, after the whole convolution). Backward then
+            takes dL/d(pooled output). Same result as
+            :func:`~tinynet.functional.maxpool2d_forward` after the convolution.
 
     Returns:
         ``(y, cache)`` with y of shape (N, C_out, H_out, W_out),
@@ -277,6 +294,16 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     mask = scratch(xp, "conv.relu_mask", out.shape, xp.bool_) if relu and training else None
     by_rows = (training or _ROWS_IN_EVAL) and _by_rows((kh, kw), wp)
     geometry = ((kh, kw), stride, padding, (ho, wo))
+    pool_block = pool_cache = None
+    if pool is not None:  # (buffers only: each block is pooled once it is convolved)
+        from .pooling import maxpool2d_forward_blocks  # (pooling.py imports this module)
+
+        pool_block, pooled, pool_cache = maxpool2d_forward_blocks(out, pool[0], pool[1], 0)
+
+    def result(cache: Any) -> tuple:
+        if pool is None:
+            return out, cache
+        return pooled, (None if cache is None else PooledCache(cache, pool_cache))
 
     if not training:
         # evaluation: no columns are kept, so each thread convolves its images a slice at a
@@ -295,21 +322,31 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
                         rows_convolver(x[n0:n1], weight, bias, *geometry, relu) if by_rows
                         else _convolver(x[n0:n1], w2d, bias, *geometry, relu))[0]
                 convolvers[n1 - n0](x[n0:n1], out[n0:n1])
+                if pool_block is not None:
+                    pool_block(n0, n1)
 
         for_batch(xp, N, block, per_item=per_image)
-        return out, None
+        return result(None)
     if by_rows:  # training by rows: R and T are kept for backward
         convolve, rows, band = rows_convolver(x, weight, bias, *geometry, relu, mask)
         convolve(x, out)  # (its threads split the output rows)
-        return out, RowsCache(rows, band, weight, x.shape, stride, padding, bias is not None,
-                              mask)
+        if pool_block is not None:  # (blocks of rows are no blocks of pooling windows)
+            for_batch(xp, N, pool_block, per_item=F * ho * wo)
+        return result(RowsCache(rows, band, weight, x.shape, stride, padding, bias is not None,
+                                mask))
     # training: the columns of the whole batch are kept for backward; each thread fills and
     # multiplies its block of images
     convolve, columns = _convolver(x, w2d, bias, *geometry, relu, mask)
     per_image = columns.cols.shape[0] * columns.per_image  # numbers of one image's columns
-    for_batch(xp, N, lambda lo, hi: convolve(x, out, lo, hi), per_item=per_image)
-    return out, ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
-                          columns.row_pitch, mask)
+
+    def block(lo: int, hi: int) -> None:
+        convolve(x, out, lo, hi)
+        if pool_block is not None:  # these images' pooling, while they are in this core's cache
+            pool_block(lo, hi)
+
+    for_batch(xp, N, block, per_item=per_image)
+    return result(ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
+                            columns.row_pitch, mask))
 
 
 def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
@@ -330,6 +367,15 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
         ``(dx, dw, db)``: shapes (N, C_in, H, W), (C_out, C_in, kh, kw), (C_out,) (db is None
         without bias, dx is None with ``input_grad=False``).
     """
+    pool_block = None
+    if isinstance(cache, PooledCache):  # dy is dL/d(pooled output): the pooling's backward first
+        from .pooling import maxpool2d_backward, maxpool2d_backward_blocks
+
+        if isinstance(cache.conv, RowsCache) or backend_of(dy).device != "cpu":
+            return conv2d_backward(maxpool2d_backward(dy, cache.pool), cache.conv, input_grad)
+        # ... on each block of images, as they come (dy becomes the buffer the blocks fill)
+        pool_block, dy = maxpool2d_backward_blocks(dy, cache.pool)
+        cache = cache.conv
     if isinstance(cache, RowsCache):  # convolved by rows (conv_rows.py)
         return conv2d_rows_backward(dy, cache, input_grad)
     xp = backend_of(dy).xp
@@ -352,6 +398,8 @@ def conv2d_backward(dy: Any, cache: ConvCache, input_grad: bool = True):
     def block(lo: int, hi: int) -> tuple:
         """The images lo..hi-1 (one thread): their dx, and their share of dW and db."""
         n = hi - lo
+        if pool_block is not None:  # dL/d(conv or ReLU output) of these images, from the pooling
+            pool_block(lo, hi)
         # (after a ReLU that ran as the forward's last step, its backward first: dy * mask)
         relu_backward_into(dy[lo:hi].transpose(1, 0, 2, 3),
                            None if mask is None else mask[lo:hi].transpose(1, 0, 2, 3),
@@ -390,6 +438,10 @@ def conv2d_backward_parts(dy: Any, cache: Any) -> tuple | None:
     is too small for a second thread to pay (``threads.worth_splitting``) and on the GPU (which
     needs no host threads); then call :func:`conv2d_backward`.
     """
+    if isinstance(cache, PooledCache):
+        from .pooling import maxpool2d_backward
+
+        dy, cache = maxpool2d_backward(dy, cache.pool), cache.conv
     if (isinstance(cache, RowsCache) and backend_of(dy).device == "cpu"
             and worth_splitting(cache.rows.size * cache.weight.shape[3])):
         return conv2d_rows_backward_parts(dy, cache)

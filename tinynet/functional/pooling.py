@@ -88,6 +88,20 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
 
     Backward: see :func:`maxpool2d_backward`.
     """
+    block, y, cache = maxpool2d_forward_blocks(x, kernel_size, stride, padding)
+    N, C, H, W = x.shape
+    for_batch(backend_of(x).xp, N, block, per_item=C * H * W)
+    return y, cache
+
+
+def maxpool2d_forward_blocks(x: Any, kernel_size: Any, stride: Any = None,
+                             padding: Any = 0) -> tuple:
+    """:func:`maxpool2d_forward` before it runs: ``(block, y, cache)``, where ``block(lo, hi)``
+    pools the images lo..hi-1 of x into y (and the cache's argmax). A convolution that a max
+    pooling follows calls it on each of its blocks of images right after writing them (see
+    ``conv2d_forward(pool=...)``); x must be filled before a block runs, not before this call
+    (unless it is padded: the padded copy is made here).
+    """
     xp = backend_of(x).xp
     kernel, stride, padding, (ho, wo) = pool_geometry(x.shape, kernel_size, stride, padding)
     N, C, H, W = x.shape
@@ -95,7 +109,8 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
 
     x_pad = pad2d(x, padding, value=-float("inf"))
     if not is_grad_enabled():
-        return _maxpool_rows_then_columns(x_pad, kernel, stride, (ho, wo)), None
+        rows_block, y = _maxpool_rows_then_columns(x_pad, kernel, stride, (ho, wo))
+        return rows_block, y, None
     offsets = [(u, v) for u in range(kh) for v in range(kw)]
     # y = running maximum over the kh*kw offset slices of x_pad. Each slice is first copied into
     # one contiguous buffer ("cell"): NumPy copies a strided slice quickly, but its comparisons
@@ -122,8 +137,7 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
             xp.maximum(argmax[b], k_won[b], out=argmax[b])
             xp.maximum(y[b], cell[b], out=y[b])
 
-    for_batch(xp, N, block, per_item=C * H * W)
-    return y, MaxPoolCache(argmax, x.shape, kernel, stride, padding)
+    return block, y, MaxPoolCache(argmax, x.shape, kernel, stride, padding)
 
 
 def _running_max(xp: Any, out: Any, slices: list) -> None:
@@ -136,7 +150,7 @@ def _running_max(xp: Any, out: Any, slices: list) -> None:
         xp.maximum(out, s, out=out)
 
 
-def _maxpool_rows_then_columns(x_pad: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> Any:
+def _maxpool_rows_then_columns(x_pad: Any, kernel: tuple, stride: tuple, out_hw: tuple) -> tuple:
     """Max pooling without the argmax (evaluation): the window's maximum is the maximum over its
     kh rows of each row's maximum over kw columns, so it takes kh + kw passes instead of kh*kw.
     Rows first: ``rows[n, c, i, w] = max_u x_pad[n, c, i*s_h + u, w]`` keeps whole image rows
@@ -157,8 +171,7 @@ def _maxpool_rows_then_columns(x_pad: Any, kernel: tuple, stride: tuple, out_hw:
         _running_max(xp, y[b], [offset_slice(rows[b], 0, v, (1, sw), (ho, wo))
                                 for v in range(kw)])
 
-    for_batch(xp, N, block, per_item=C * x_pad.shape[2] * wp)
-    return y
+    return block, y
 
 
 def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
@@ -174,7 +187,18 @@ def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
     if backend.use_fused():  # on the GPU: one kernel, one thread per input pixel (backend.py)
         return backend.maxpool2d_route(dy, cache.argmax, cache.x_shape, cache.kernel,
                                        cache.stride, cache.padding)
-    xp = backend.xp
+    block, dx = maxpool2d_backward_blocks(dy, cache)
+    N, C, H, W = cache.x_shape
+    for_batch(backend.xp, N, block, per_item=C * H * W)
+    return dx() if callable(dx) else dx
+
+
+def maxpool2d_backward_blocks(dy: Any, cache: MaxPoolCache) -> tuple:
+    """:func:`maxpool2d_backward` before it runs: ``(block, dx)``, where ``block(lo, hi)``
+    routes dy of the images lo..hi-1 into dx (a convolution's backward calls it on each of its
+    blocks first: see ``conv2d_backward``). With padding, dx is a function that returns the
+    unpadded gradient once every block has run."""
+    xp = backend_of(dy).xp
     argmax, (N, C, H, W), (kh, kw), (sh, sw), (ph, pw) = cache
     ho, wo = dy.shape[2:]
     hp, wp = H + 2 * ph, W + 2 * pw
@@ -200,6 +224,6 @@ def maxpool2d_backward(dy: Any, cache: MaxPoolCache):
                 else:
                     xp.multiply(dy[b], won[b], out=target)  # written straight into its slice
 
-    for_batch(xp, N, block, per_item=C * H * W)
-    dx = dx_pad[:, :, ph : ph + H, pw : pw + W]
-    return xp.ascontiguousarray(dx) if (ph or pw) else dx
+    if ph or pw:
+        return block, lambda: xp.ascontiguousarray(dx_pad[:, :, ph : ph + H, pw : pw + W])
+    return block, dx_pad

@@ -6,7 +6,13 @@ from typing import Any
 
 from .. import functional as F
 from .._utils import conv_output_size, pair
-from ._checks import check_int, check_layer_input, check_non_negative, check_positive
+from ._checks import (
+    check_float_input,
+    check_int,
+    check_layer_input,
+    check_non_negative,
+    check_positive,
+)
 from .init import bias_uniform, kaiming_uniform
 from .module import Module, Parameter, defer_weight_grads, deferring_weight_grads
 
@@ -116,20 +122,27 @@ class Conv2d(Module):
     accepts_input_grad = True  # backward(dy, input_grad=False) skips dL/dx (see Sequential)
 
     fuses_relu = True  # forward(x, relu=True) runs a following ReLU inside (see Sequential)
+    fuses_pool = True  # forward(x, relu=True, pool=...) runs a max pooling after it too
 
-    def forward(self, x: Any, relu: bool = False) -> Any:
+    def forward(self, x: Any, relu: bool = False, pool: Any = None) -> Any:
         """The convolution of a batch x (N, C_in, H, W) -> (N, C_out, H_out, W_out).
 
         ``relu=True`` returns ``max(conv(x), 0)``: a ReLU as the kernel's last step, one pass over
         memory fewer (``Sequential`` asks for it when a ReLU module follows); backward then takes
-        dL/d(the ReLU's output).
+        dL/d(the ReLU's output). ``pool``: a ``MaxPool2d`` (without padding) that follows: each
+        thread pools its block of images while they are in its core's cache, the pooled output
+        is returned, and backward takes dL/d(pooled output).
         """
         where = f"Conv2d({self.extra_repr()})"
         check_layer_input(where, x, self.weight.data)
-        self.output_shape(x.shape)
+        out_shape = self.output_shape(x.shape)
         bias = self.bias.data if self.bias is not None else None
+        if pool is not None:
+            check_float_input(f"MaxPool2d({pool.extra_repr()})", x)
+            pool.output_shape(out_shape)  # its errors, as if it ran on its own
+            pool = (pool.kernel_size, pool.stride)
         y, cache = F.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                                    relu=relu)
+                                    relu=relu, pool=pool)
         self.save_for_backward((cache, y.shape))
         return y
 

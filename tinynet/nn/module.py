@@ -433,19 +433,27 @@ class Sequential(Module):
         Linear) directly followed by a ``ReLU`` runs as ``layer.forward(x, relu=True)``: the
         layer applies the ReLU to each block of its output while the block is still in the CPU's
         cache (a convolution: on each thread's block), instead of the ReLU module reading the
-        whole output again in a pass and a call of its own. The result is the same, bit for bit;
-        the ReLU module itself does not run (and ``backward`` hands dL/d(ReLU output) straight
-        to the layer, which applies the ReLU's backward first).
+        whole output again in a pass and a call of its own. A ``MaxPool2d`` (without padding)
+        right after that ReLU joins too, for a layer with ``fuses_pool = True`` (Conv2d):
+        ``layer.forward(x, relu=True, pool=that_module)``, each thread pooling the images it just
+        convolved. The result is the same, bit for bit; the ReLU and pooling modules do not run
+        themselves (and ``backward`` hands dL/d(their output) straight to the layer, which
+        applies their backward first).
         Set ``model.fuse_relu = False`` to run every module on its own. Modules whose forward or
         backward was replaced on the instance (as ``tinynet.inspect`` does to record them) always
         run on their own.
         """
         modules = list(self._modules.values())
-        fused = []  # positions of the ReLUs that ran inside the layer before them
+        fused = []  # positions of the ReLUs (and poolings) that ran inside the layer before them
         i = 0
         while i < len(modules):
             m = modules[i]
             if self.fuse_relu and i + 1 < len(modules) and _fuses(m, modules[i + 1]):
+                if i + 2 < len(modules) and _fuses_pool(m, modules[i + 2]):
+                    x = m.forward(x, relu=True, pool=modules[i + 2])
+                    fused += [i + 1, i + 2]
+                    i += 3
+                    continue
                 x = m.forward(x, relu=True)
                 fused.append(i + 1)
                 i += 2
@@ -534,6 +542,18 @@ def _finish_deferred(add: bool) -> None:
             on_done(result)
     if add and error is not None:
         raise error
+
+
+def _fuses_pool(layer: Module, pool: Module) -> bool:
+    """Can ``layer`` (with its ReLU) run ``pool``, the module after that ReLU, inside its own
+    forward? A MaxPool2d without padding, not wrapped on the instance."""
+    if type(pool).__name__ != "MaxPool2d" or not getattr(type(layer), "fuses_pool", False):
+        return False
+    from .pooling import MaxPool2d
+
+    d = pool.__dict__
+    return (type(pool) is MaxPool2d and pool.padding == (0, 0) and "forward" not in d
+            and "backward" not in d)
 
 
 def _fuses(layer: Module, nxt: Module) -> bool:
