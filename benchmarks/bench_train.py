@@ -11,6 +11,12 @@ Reported per run: epoch time, images/s, the time to evaluate the 10,000 test ima
 
     python benchmarks/bench_train.py                   # full epoch at batch 16, 64, 256
     python benchmarks/bench_train.py --quick           # a few batches: a smoke test
+    python benchmarks/bench_train.py --repeats 3       # each run 3 times, medians reported
+
+The machine this was written on drifts by 25-40% within minutes, so one epoch of each framework,
+one after the other, can land on either side of the other's. ``--repeats R`` runs every
+(framework, batch) R times, round after round, the two frameworks' order swapped every round,
+and reports the median epoch and evaluation times (and each round's ratios).
 """
 
 from __future__ import annotations
@@ -130,6 +136,23 @@ def worker(args) -> int:
     return 0
 
 
+def _median_run(runs: list) -> dict:
+    """One row for a (framework, batch) run ``repeats`` times: the median epoch and evaluation
+    times, the highest peak RSS (accuracy and loss are the same in every round)."""
+    row = dict(runs[0])
+    for key in ("epoch_s", "eval_s", "train_s"):
+        row[key] = float(np.median([r[key] for r in runs]))
+    row["images_per_s"] = row["images"] / row["train_s"]
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return row
+
+
+def _pairs(runs: list, bs: int) -> list:
+    """(tinynet run, torch run) of each round at batch ``bs``."""
+    by = {(r["framework"], r["round"]): r for r in runs if r["batch_size"] == bs}
+    return [(by["tinynet", k], by["torch", k]) for k in sorted({r for _, r in by})]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
@@ -138,6 +161,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2,
                    help="threads for tinynet (set_num_threads), BLAS and PyTorch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of every run; the table shows the medians")
     p.add_argument("--frameworks", nargs="+", default=["tinynet", "torch"],
                    choices=["tinynet", "torch"])
     p.add_argument("--quick", action="store_true",
@@ -164,8 +189,8 @@ def main(argv=None) -> int:
     if "torch" in args.frameworks and "torch" not in frameworks:
         print("PyTorch is not installed: timing tinynet alone", file=sys.stderr)
     runs = []
-    for bs in args.batch_sizes:
-        for fw in frameworks:
+    for rnd, bs in ((r, b) for r in range(args.repeats) for b in args.batch_sizes):
+        for fw in (frameworks if rnd % 2 == 0 else frameworks[::-1]):
             cmd = [sys.executable, __file__, "--worker", fw, "--batch-size", str(bs),
                    "--threads", str(args.threads), "--seed", str(args.seed)]
             if args.max_batches is not None:
@@ -174,17 +199,23 @@ def main(argv=None) -> int:
                 cmd.append("--sample")
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            r.update(framework=fw, batch_size=bs, images_per_s=r["images"] / r["train_s"])
+            r.update(framework=fw, batch_size=bs, round=rnd,
+                     images_per_s=r["images"] / r["train_s"])
             # the time of a full 60,000-image epoch (measured directly when max_batches is None)
             r["epoch_s"] = r["train_s"] * 60000 / r["images"]
             runs.append(r)
             print(f"  {fw:8s} batch {bs:4d}: {r['train_s']:.2f} s for {r['images']} images, "
                   f"eval {r['eval_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
 
-    rows = []
+    rows, rounds = [], []
     for bs in args.batch_sizes:
-        by = {r["framework"]: r for r in runs if r["batch_size"] == bs}
+        by = {fw: _median_run([r for r in runs if r["batch_size"] == bs and r["framework"] == fw])
+              for fw in frameworks}
         t, p = by.get("tinynet"), by.get("torch")
+        if t and p:
+            rounds.append(dict(batch_size=bs, epoch_ratios=[
+                a["epoch_s"] / b["epoch_s"] for a, b in _pairs(runs, bs)], eval_ratios=[
+                a["eval_s"] / b["eval_s"] for a, b in _pairs(runs, bs)]))
         for fw, r in by.items():
             rows.append([fw, bs, r["epoch_s"], r["images_per_s"], r["eval_s"], r["peak_rss_mb"],
                          r["accuracy"], None, None])
@@ -200,11 +231,17 @@ def main(argv=None) -> int:
              else f"{args.max_batches} batches, epoch extrapolated")
     print(f"\nCourse network, {scope}, {args.threads} threads, {machine['cpu']}\n")
     print(table)
+    if args.repeats > 1:
+        print(f"\nmedians of {args.repeats} rounds; tinynet / torch in each round:")
+        for r in rounds:
+            print(f"  batch {r['batch_size']}: epoch "
+                  + " ".join(f"{v:.3g}" for v in r["epoch_ratios"]) + ", eval "
+                  + " ".join(f"{v:.3g}" for v in r["eval_ratios"]))
     name = args.name or ("bench_train_quick" if args.quick else "bench_train")
     path = C.write_json(name, {"machine": machine, "settings": {
         "batch_sizes": args.batch_sizes, "max_batches": args.max_batches, "threads": args.threads,
-        "seed": args.seed, "sample": args.sample, "eval_batch": EVAL_BATCH}, "runs": runs,
-        "table": table}, args.out_dir)
+        "seed": args.seed, "sample": args.sample, "eval_batch": EVAL_BATCH,
+        "repeats": args.repeats}, "runs": runs, "rounds": rounds, "table": table}, args.out_dir)
     print(f"\nwritten: {path}")
     return 0
 

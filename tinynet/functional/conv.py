@@ -288,17 +288,24 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     ho = conv_output_size(H, kh, stride[0], padding[0])
     wo = conv_output_size(W, kw, stride[1], padding[1])
     w2d = weight.reshape(F, C * kh * kw)
-    out = scratch(xp, "conv.out", (N, F, ho, wo), x.dtype)
     wp = W + 2 * padding[1]
     training = is_grad_enabled()
-    mask = scratch(xp, "conv.relu_mask", out.shape, xp.bool_) if relu and training else None
+    # evaluation with a pooling after it: each slice is pooled at once, so the convolution's
+    # output only ever lives in a buffer for one slice (no batch-sized array: less memory traffic)
+    eval_pooled = pool is not None and not training
+    out = None if eval_pooled else scratch(xp, "conv.out", (N, F, ho, wo), x.dtype)
+    mask = scratch(xp, "conv.relu_mask", (N, F, ho, wo), xp.bool_) if relu and training else None
     by_rows = (training or _ROWS_IN_EVAL) and _by_rows((kh, kw), wp)
     geometry = ((kh, kw), stride, padding, (ho, wo))
     pool_block = pool_cache = None
     if pool is not None:  # (buffers only: each block is pooled once it is convolved)
-        from .pooling import maxpool2d_forward_blocks  # (pooling.py imports this module)
+        from .pooling import maxpool2d_forward_blocks, pool_geometry  # (pooling imports conv)
 
-        pool_block, pooled, pool_cache = maxpool2d_forward_blocks(out, pool[0], pool[1], 0)
+        if eval_pooled:
+            pooled_hw = pool_geometry((N, F, ho, wo), pool[0], pool[1], 0)[3]
+            pooled = scratch(xp, "conv.pooled", (N, F, *pooled_hw), x.dtype)
+        else:
+            pool_block, pooled, pool_cache = maxpool2d_forward_blocks(out, pool[0], pool[1], 0)
 
     def result(cache: Any) -> tuple:
         if pool is None:
@@ -314,16 +321,26 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
         step = max(1, _EVAL_COLS_ELEMENTS // per_image) if on_cpu else max(N, 1)
 
         def block(lo: int, hi: int) -> None:  # one thread's images
-            convolvers = {}  # slice size -> its convolve (the last slice may be shorter)
+            slicers = {}  # slice size -> its buffers and steps (the last slice may be shorter)
             for n0 in range(lo, hi, step):
                 n1 = min(n0 + step, hi)
-                if n1 - n0 not in convolvers:
-                    convolvers[n1 - n0] = (
-                        rows_convolver(x[n0:n1], weight, bias, *geometry, relu) if by_rows
-                        else _convolver(x[n0:n1], w2d, bias, *geometry, relu))[0]
-                convolvers[n1 - n0](x[n0:n1], out[n0:n1])
-                if pool_block is not None:
-                    pool_block(n0, n1)
+                n = n1 - n0
+                if n not in slicers:
+                    convolve = (rows_convolver(x[n0:n1], weight, bias, *geometry, relu) if by_rows
+                                else _convolver(x[n0:n1], w2d, bias, *geometry, relu))[0]
+                    slice_out = pool_slice = pooled_slice = None
+                    if eval_pooled:
+                        slice_out = scratch(xp, "conv.out_slice", (n, F, ho, wo), x.dtype)
+                        pool_slice, pooled_slice, _ = maxpool2d_forward_blocks(
+                            slice_out, pool[0], pool[1], 0)
+                    slicers[n] = convolve, slice_out, pool_slice, pooled_slice
+                convolve, slice_out, pool_slice, pooled_slice = slicers[n]
+                if slice_out is None:
+                    convolve(x[n0:n1], out[n0:n1])
+                else:  # convolved, then pooled while in the cache
+                    convolve(x[n0:n1], slice_out)
+                    pool_slice(0, n)
+                    pooled[n0:n1] = pooled_slice
 
         for_batch(xp, N, block, per_item=per_image)
         return result(None)
