@@ -483,8 +483,8 @@ class Sequential(Module):
             _deferred.pending = []
         try:
             for i in range(len(modules) - 1, -1, -1):
-                if i in fused:  # this ReLU ran inside the layer before it: that layer's backward
-                    continue    # applies the ReLU's backward too
+                if i in fused:  # a ReLU or pooling that ran inside the layer before it: that
+                    continue    # layer's backward applies theirs too
                 m = modules[i]
                 if i == 0 and not input_grad and getattr(type(m), "accepts_input_grad", False):
                     grad_output = m.backward(grad_output, input_grad=False)
