@@ -106,6 +106,12 @@ def test_blas_runs_one_thread_inside_and_gets_its_own_back(n_threads):
     assert seen == [[1] * len(blas)] * 2
     n_threads(1)
     assert [c.get_num_threads() for c in blas] == own
+    # a call too small to split holds BLAS at one thread too (a switch later, mid-run, stalls)
+    n_threads(2)
+    assert threads.for_batch(np, 1, lambda lo, hi: [c.get_num_threads() for c in blas]) \
+        == [[1] * len(blas)]
+    n_threads(1)
+    assert [c.get_num_threads() for c in blas] == own
 
 
 def _conv_step(seed):

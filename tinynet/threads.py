@@ -14,9 +14,10 @@ inside its loops and inside BLAS, so the blocks really run at the same time. A s
 a run is exactly repeatable for a given number of threads.
 
 While tinynet runs more than one thread, NumPy's BLAS runs ONE (set through threadpoolctl at the
-first parallel call): two teams of threads on the same cores fight (measured: slower than no
-threads at all), and BLAS threads that spin-wait after a product slow tinynet's next call even
-outside it. The BLAS setting is process-wide; ``set_num_threads(1)`` gives BLAS its own back.
+first kernel call, split or not: switching it later, mid-run, stalls the next products): two
+teams of threads on the same cores fight (measured: slower than no threads at all), and BLAS
+threads that spin-wait after a product slow tinynet's next call even outside it. The BLAS
+setting is process-wide; ``set_num_threads(1)`` gives BLAS its own back.
 
 Besides the batch split, ``start(fn)`` hands a whole function to a worker and returns at once
 (``.result()`` collects it): a backward pass computes a layer's weight gradients there while it
@@ -155,6 +156,12 @@ def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0)
     return values in block order (for partial sums). Runs ``fn(0, n)`` alone on CuPy, with 1
     thread, inside another parallel call, or while another thread holds the pool.
     """
+    if _blas is None and _num_threads > 1 and getattr(xp, "__name__", "") == "numpy":
+        # BLAS to one thread from tinynet's first kernel call on, not only from its first split
+        # one: switching BLAS's threads later, in the middle of a run, cost the next products
+        # about 40 ms (measured: the first evaluation after an epoch at batch 16, which never
+        # splits, took 84 ms for 1000 images instead of 52)
+        _single_thread_blas()
     parts = min(_num_threads, n)
     if per_item:
         parts = min(parts, n * per_item // MIN_BLOCK_NUMBERS)
