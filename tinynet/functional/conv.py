@@ -455,14 +455,15 @@ def conv2d_backward_parts(dy: Any, cache: Any) -> tuple | None:
     is too small for a second thread to pay (``threads.worth_splitting``) and on the GPU (which
     needs no host threads); then call :func:`conv2d_backward`.
     """
+    conv = cache.conv if isinstance(cache, PooledCache) else cache
+    if not (isinstance(conv, RowsCache) and backend_of(dy).device == "cpu"
+            and worth_splitting(conv.rows.size * conv.weight.shape[3])):
+        return None  # (decided first: conv2d_backward then runs the pooling's backward once)
     if isinstance(cache, PooledCache):
         from .pooling import maxpool2d_backward
 
-        dy, cache = maxpool2d_backward(dy, cache.pool), cache.conv
-    if (isinstance(cache, RowsCache) and backend_of(dy).device == "cpu"
-            and worth_splitting(cache.rows.size * cache.weight.shape[3])):
-        return conv2d_rows_backward_parts(dy, cache)
-    return None
+        dy = maxpool2d_backward(dy, cache.pool)
+    return conv2d_rows_backward_parts(dy, conv)
 
 
 # dW of columns with fewer rows than this (C_in*kh*kw: a first layer on 1-3 channels) is a stack
