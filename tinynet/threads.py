@@ -169,13 +169,7 @@ def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0)
             or not _lock.acquire(blocking=False)):
         return [fn(0, n)]
     try:
-        while len(_workers) < parts - 1:
-            tasks: queue.SimpleQueue = queue.SimpleQueue()
-            thread = threading.Thread(target=_worker, args=(tasks,), daemon=True,
-                                      name=f"tinynet-worker-{len(_workers)}")
-            thread.start()
-            _workers.append((tasks, thread))
-        _single_thread_blas()
+        _start_workers(parts - 1)  # (BLAS is held at one thread already: see above)
         blocks = _split(n, parts)
         call = _Call(parts)
         for k, (lo, hi) in enumerate(blocks[1:], start=1):
@@ -225,18 +219,23 @@ def start(fn: Callable[[], Any]) -> Later | None:
     if _num_threads < 2 or getattr(_state, "inside", False) or not _lock.acquire(blocking=False):
         return None
     try:
-        if not _workers:
-            tasks: queue.SimpleQueue = queue.SimpleQueue()
-            thread = threading.Thread(target=_worker, args=(tasks,), daemon=True,
-                                      name="tinynet-worker-0")
-            thread.start()
-            _workers.append((tasks, thread))
+        _start_workers(1)
         _single_thread_blas()
         call = _Call(2)  # block 1 is fn (block 0, the caller's, is not used)
         _workers[0][0].put((lambda lo, hi: fn(), 0, 0, 1, call))
         return Later(call)
     finally:
         _lock.release()
+
+
+def _start_workers(count: int) -> None:
+    """At least ``count`` worker threads (started on first use; the caller holds _lock)."""
+    while len(_workers) < count:
+        tasks: queue.SimpleQueue = queue.SimpleQueue()
+        thread = threading.Thread(target=_worker, args=(tasks,), daemon=True,
+                                  name=f"tinynet-worker-{len(_workers)}")
+        thread.start()
+        _workers.append((tasks, thread))
 
 
 def add_blocks(parts: list) -> tuple:
