@@ -6,13 +6,7 @@ from typing import Any
 
 from .. import functional as F
 from .._utils import conv_output_size, pair
-from ._checks import (
-    check_float_input,
-    check_int,
-    check_layer_input,
-    check_non_negative,
-    check_positive,
-)
+from ._checks import check_int, check_layer_input, check_non_negative, check_positive
 from .init import bias_uniform, kaiming_uniform
 from .module import Module, Parameter, defer_weight_grads, deferring_weight_grads
 
@@ -137,8 +131,7 @@ class Conv2d(Module):
         check_layer_input(where, x, self.weight.data)
         out_shape = self.output_shape(x.shape)
         bias = self.bias.data if self.bias is not None else None
-        if pool is not None:
-            check_float_input(f"MaxPool2d({pool.extra_repr()})", x)
+        if pool is not None:  # (its input, this layer's output, is a float array like x)
             pool.output_shape(out_shape)  # its errors, as if it ran on its own
             pool = (pool.kernel_size, pool.stride)
         y, cache = F.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,

@@ -551,9 +551,7 @@ def _fuses_pool(layer: Module, pool: Module) -> bool:
         return False
     from .pooling import MaxPool2d
 
-    d = pool.__dict__
-    return (type(pool) is MaxPool2d and pool.padding == (0, 0) and "forward" not in d
-            and "backward" not in d)
+    return type(pool) is MaxPool2d and pool.padding == (0, 0) and _unwrapped(pool)
 
 
 def _fuses(layer: Module, nxt: Module) -> bool:
@@ -564,6 +562,11 @@ def _fuses(layer: Module, nxt: Module) -> bool:
         return False
     from .activation import ReLU  # (here: activation.py imports this module)
 
-    a, b = layer.__dict__, nxt.__dict__
-    return (type(nxt) is ReLU and "forward" not in a and "backward" not in a
-            and "forward" not in b and "backward" not in b)
+    return type(nxt) is ReLU and _unwrapped(layer) and _unwrapped(nxt)
+
+
+def _unwrapped(module: Module) -> bool:
+    """Neither forward nor backward replaced on the instance (a recording wrapper, as
+    tinynet.inspect puts on, must see every call: such a module never runs inside another)."""
+    d = module.__dict__
+    return "forward" not in d and "backward" not in d
