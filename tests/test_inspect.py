@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from strategies import course_network
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import conv_configs, course_network
 
 import tinynet
 from tinynet import nn
@@ -313,3 +315,81 @@ def test_summary_and_trace_on_a_simulated_gpu(simulated_cuda):
     s = summary(nn.Sequential(nn.Flatten(), Doubler(), nn.Linear(8, 2, device="cuda")),
                 (3, 1, 2, 2))
     assert s.output_shape == (3, 2)
+
+
+# -- summary of a shape without its batch axis (the torchsummary habit) ----------------------------
+def test_summary_adds_a_missing_batch_axis_and_says_so():
+    with_batch = summary(course_network(), (1, 1, 28, 28))
+    without = summary(course_network(), (1, 28, 28))  # torchsummary's (C, H, W)
+    assert without.batch_axis_added and not with_batch.batch_axis_added
+    assert without.input_shape == with_batch.input_shape == (1, 1, 28, 28)
+    assert [r.output_shape for r in without.rows] == [r.output_shape for r in with_batch.rows]
+    assert without.total_params == with_batch.total_params == 32998
+    text = str(without)
+    assert "batch axis added: (1, 28, 28) has no batch axis" in text
+    assert "(1, 1, 28, 28)" in text.splitlines()[1]
+    assert "batch axis added" not in str(with_batch)
+    # the 4-D form keeps its batch size
+    assert summary(course_network(), (64, 1, 28, 28)).rows[-1].output_shape == (64, 10)
+
+
+@given(cfg=conv_configs(), relu_first=st.booleans())
+def test_summary_without_batch_axis_equals_the_batch_of_one(cfg, relu_first):
+    """Any valid conv (behind elementwise operations or not) reads (C, H, W) as (1, C, H, W)."""
+    layers = ([nn.ReLU(), nn.Dropout(0.1)] if relu_first else []) + [cfg.module()]
+    model = nn.Sequential(*layers)
+    chw = (cfg.c_in, cfg.h, cfg.w)
+    s3, s4 = summary(model, chw), summary(model, (1,) + chw)
+    assert s3.batch_axis_added and not s4.batch_axis_added
+    assert s3.input_shape == (1,) + chw
+    assert [r.output_shape for r in s3.rows] == [r.output_shape for r in s4.rows]
+    n = cfg.n
+    assert summary(model, (n,) + chw).rows[-1].output_shape[0] == n  # 4-D: kept as given
+
+
+@given(features=st.integers(1, 9), n=st.integers(2, 5))
+def test_summary_without_batch_axis_for_linear_and_batchnorm1d(features, n):
+    mlp = nn.Sequential(nn.Linear(features, 3), nn.ReLU(), nn.Linear(3, 2))
+    s = summary(mlp, (features,))
+    assert s.batch_axis_added and s.rows[-1].output_shape == (1, 2)
+    s2 = summary(mlp, (n, features))
+    assert not s2.batch_axis_added and s2.rows[-1].output_shape == (n, 2)
+    bn = nn.Sequential(nn.BatchNorm1d(features), nn.Linear(features, 2))
+    assert summary(bn, (features,)).batch_axis_added
+    assert not summary(bn, (n, features)).batch_axis_added  # (N, C) is a 2-D input of BatchNorm1d
+    bn_only = nn.Sequential(nn.BatchNorm1d(features))
+    assert not summary(bn_only, (n, features, 4)).batch_axis_added  # (N, C, L) too
+
+
+def test_summary_flatten_first_tries_the_shape_as_given_then_with_a_batch_axis():
+    # Flatten fixes no rank: (3, 4, 4) as given would be 3 samples of 16 features, which
+    # Linear(48) refuses; with a batch axis it is one 3x4x4 image of 48 features
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    s = summary(model, (3, 4, 4))
+    assert s.batch_axis_added and s.rows[0].output_shape == (1, 48)
+    s4 = summary(model, (5, 3, 4, 4))
+    assert not s4.batch_axis_added and s4.rows[-1].output_shape == (5, 2)
+    # a Flatten-first model that fits the shape as given keeps it (16 features per sample)
+    s16 = summary(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), (3, 4, 4))
+    assert not s16.batch_axis_added and s16.rows[-1].output_shape == (3, 2)
+
+
+def test_summary_shape_mistakes_are_still_reported_for_the_shape_given():
+    # not a missing batch axis: the error speaks of the shape that was given
+    with pytest.raises(ShapeError, match=r"input shape \(28, 28\)"):
+        summary(course_network(), (28, 28))
+    with pytest.raises(ShapeError, match=r"Conv2d\(3, 6") as info:
+        summary(nn.Sequential(nn.Conv2d(1, 6, 5)), (3, 28, 28))  # colour image, grey model
+    assert info.value.summary.batch_axis_added  # the axis was added, the channels are wrong
+    assert "batch axis added" in str(info.value)
+    # neither as given (2 samples of 4 features) nor with a batch axis (8 features) fits
+    # Linear(9, 2): the error is the one for the shape as given
+    with pytest.raises(ShapeError, match=r"use Linear\(4, 2\)") as info:
+        summary(nn.Sequential(nn.Flatten(), nn.Linear(9, 2)), (2, 2, 2))
+    assert not info.value.summary.batch_axis_added and "batch axis added" not in str(info.value)
+
+
+def test_summary_without_batch_axis_for_a_custom_container():
+    s = summary(TwoBranches(), (1, 6, 6))  # a container: its order is learned by running it
+    assert s.batch_axis_added and s.rows[-1].output_shape == (1, 3)
+    assert not summary(TwoBranches(), (2, 1, 6, 6)).batch_axis_added

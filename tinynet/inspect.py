@@ -35,11 +35,14 @@ from typing import Any
 
 from . import backend as B
 from .nn.activation import ReLU
+from .nn.avgpool import AdaptiveAvgPool2d
+from .nn.batchnorm import BatchNorm1d, BatchNorm2d
 from .nn.conv import Conv2d
+from .nn.dropout import Dropout
 from .nn.flatten import Flatten
 from .nn.linear import Linear
 from .nn.module import Module, Sequential
-from .nn.pooling import MaxPool2d
+from .nn.pooling import MaxPool2d, _Pool2d
 
 __all__ = [
     "ShapeError",
@@ -273,6 +276,9 @@ class Summary:
         activation_values_per_sample: numbers produced by all modules for one sample.
         activation_bytes_per_sample: the same in bytes (times the dtype's size).
         complete: False for the partial summary carried by a :class:`ShapeError`.
+        batch_axis_added: the shape was given without its batch axis (``(1, 28, 28)``, the
+            torchsummary habit) and a batch of one was put in front: ``input_shape`` is then
+            ``(1, 1, 28, 28)``.
     """
 
     model_type: str
@@ -283,6 +289,7 @@ class Summary:
     activation_values_per_sample: int
     activation_bytes_per_sample: int
     complete: bool = True
+    batch_axis_added: bool = False
 
     @property
     def output_shape(self) -> tuple | None:
@@ -316,6 +323,10 @@ class Summary:
             "pooling, flatten)",
             "",
         ]
+        if self.batch_axis_added:
+            given = _fmt_shape(self.input_shape[1:])
+            head.insert(1, f"batch axis added: {given} has no batch axis, so the table is for a "
+                           f"batch of one, {_fmt_shape(self.input_shape)}")
         headers = ["#", "name", "type", "kind", "output shape", "params", "parameter shapes"]
         cells, owners = [], []
         for r in self.rows:
@@ -375,8 +386,14 @@ def summary(model: Module, input_shape: tuple, device: Any = None, dtype: Any = 
     Args:
         model: a Module (a Sequential, possibly nested, is read without running any math; another
             container is run once on zeros, on a copy, to learn the order of its modules).
-        input_shape: the input's shape WITH the batch axis, e.g. ``(1, 1, 28, 28)`` for one grey
-            28x28 image: [batch, channels, height, width].
+        input_shape: the input's shape with the batch axis, e.g. ``(1, 1, 28, 28)`` for one grey
+            28x28 image: [batch, channels, height, width]. Without it, as torchsummary takes it
+            (``(1, 28, 28)``: [channels, height, width]), a batch axis of 1 is added and the
+            table says "batch axis added". How the two are told apart: the first module that
+            fixes the rank of its input (Conv2d, pooling and BatchNorm2d take 4-D, Linear 2-D,
+            BatchNorm1d 2-D or 3-D) wants one axis more than was given; when no module fixes it
+            before a Flatten or a custom module, the shape is tried as given first and with the
+            batch axis only when that is a shape mistake.
         device: where to run the fallback forward on zeros (default: the model's device).
         dtype: dtype for the memory figures and the fallback (default: the model's dtype).
 
@@ -392,13 +409,61 @@ def summary(model: Module, input_shape: tuple, device: Any = None, dtype: Any = 
     the same formula, channels unchanged; ReLU keeps the shape; Flatten ``(N, C, H, W) -> (N,
     C*H*W)``; Linear ``(N, in_features) -> (N, out_features)``.
     """
-    in_shape = tuple(int(d) for d in input_shape)
+    given = tuple(int(d) for d in input_shape)
     if dtype is None:
         dtype = model.dtype or B.get_default_dtype()
     dtype = B.normalize_dtype(dtype)
     device = B.normalize_device(device if device is not None else (model.device or
                                                                    B.get_default_device()))
     leaves = _leaves(model)
+    ranks = _first_input_ranks(leaves)
+    if ranks is not None:  # a module says which rank it takes: add the batch axis it lacks
+        if len(given) not in ranks and len(given) + 1 in ranks:
+            return _summary_of(model, (1,) + given, dtype, device, leaves, batch_axis_added=True)
+        return _summary_of(model, given, dtype, device, leaves)
+    try:  # no module says: as given, else with a batch axis in front
+        return _summary_of(model, given, dtype, device, leaves)
+    except ValueError:  # a ShapeError, or a custom container's forward refusing the shape
+        with_batch = _summary_or_none(model, (1,) + given, dtype, device, leaves) if given else None
+        if with_batch is None:
+            raise  # the mistake is not a missing batch axis: report the shape as given
+        return with_batch
+
+
+# the ranks (batch axis included) each module with a fixed input rank takes
+_INPUT_RANKS: tuple[tuple[type, tuple[int, ...]], ...] = (
+    (Conv2d, (4,)), (_Pool2d, (4,)), (AdaptiveAvgPool2d, (4,)), (BatchNorm2d, (4,)),
+    (Linear, (2,)), (BatchNorm1d, (2, 3)),
+)
+
+
+def _first_input_ranks(leaves: list[tuple[str, Module]] | None) -> tuple[int, ...] | None:
+    """The input ranks that the model's first rank-fixing module accepts, when only elementwise
+    operations (ReLU, Dropout) come before it; None when that is unknown (a Flatten, a custom
+    module or container comes first)."""
+    for _, module in leaves or ():
+        if type(module) in (ReLU, Dropout):  # elementwise: any rank passes through
+            continue
+        for cls, ranks in _INPUT_RANKS:
+            if isinstance(module, cls):
+                return ranks
+        return None
+    return None
+
+
+def _summary_or_none(model: Module, in_shape: tuple, dtype: Any, device: str,
+                     leaves: list[tuple[str, Module]] | None) -> Summary | None:
+    """The summary with a batch axis added, or None when that shape does not fit either."""
+    try:
+        return _summary_of(model, in_shape, dtype, device, leaves, batch_axis_added=True)
+    except (ValueError, TypeError, RuntimeError):
+        return None
+
+
+def _summary_of(model: Module, in_shape: tuple, dtype: Any, device: str,
+                leaves: list[tuple[str, Module]] | None,
+                batch_axis_added: bool = False) -> Summary:
+    """The summary for ``in_shape`` (batch axis included); see :func:`summary`."""
     if leaves is None:
         steps = _recorded_shapes(model, in_shape, dtype, device)
     else:
@@ -427,7 +492,8 @@ def summary(model: Module, input_shape: tuple, device: Any = None, dtype: Any = 
         except (ValueError, TypeError, RuntimeError) as exc:
             row.error = f"{exc}\nfix: {_fix_for(module, row.input_shape)}"
             _assign_groups(rows)
-            partial = _make_summary(model, in_shape, dtype, rows, complete=False)
+            partial = _make_summary(model, in_shape, dtype, rows, complete=False,
+                                    batch_axis_added=batch_axis_added)
             raise ShapeError(
                 f"shape mistake at row {i} ({name}: {row.type}) for the input shape "
                 f"{_fmt_shape(row.input_shape)}:\n{exc}\nfix: {_fix_for(module, row.input_shape)}"
@@ -438,7 +504,7 @@ def summary(model: Module, input_shape: tuple, device: Any = None, dtype: Any = 
         row.arithmetic = _arithmetic(module, row.input_shape, out)
         shape = out
     _assign_groups(rows)
-    return _make_summary(model, in_shape, dtype, rows)
+    return _make_summary(model, in_shape, dtype, rows, batch_axis_added=batch_axis_added)
 
 
 def _assign_groups(rows: list[SummaryRow]) -> None:
@@ -462,7 +528,7 @@ def _assign_groups(rows: list[SummaryRow]) -> None:
 
 
 def _make_summary(model: Module, in_shape: tuple, dtype: Any, rows: list[SummaryRow],
-                  complete: bool = True) -> Summary:
+                  complete: bool = True, batch_axis_added: bool = False) -> Summary:
     values = sum(_prod(r.output_shape[1:]) for r in rows if r.output_shape is not None)
     total = (sum(p.size for p in model.parameters()) if complete
              else sum(r.num_params for r in rows))
@@ -470,6 +536,7 @@ def _make_summary(model: Module, in_shape: tuple, dtype: Any, rows: list[Summary
         model_type=type(model).__name__, input_shape=in_shape, dtype=dtype, rows=rows,
         total_params=total, activation_values_per_sample=values,
         activation_bytes_per_sample=values * _itemsize(dtype), complete=complete,
+        batch_axis_added=batch_axis_added,
     )
 
 
