@@ -35,14 +35,14 @@ from typing import Any
 
 from . import backend as B
 from .nn.activation import ReLU
-from .nn.avgpool import AdaptiveAvgPool2d
+from .nn.avgpool import AdaptiveAvgPool2d, AvgPool2d
 from .nn.batchnorm import BatchNorm1d, BatchNorm2d
 from .nn.conv import Conv2d
 from .nn.dropout import Dropout
 from .nn.flatten import Flatten
 from .nn.linear import Linear
 from .nn.module import Module, Sequential
-from .nn.pooling import MaxPool2d, _Pool2d
+from .nn.pooling import MaxPool2d
 
 __all__ = [
     "ShapeError",
@@ -432,8 +432,8 @@ def summary(model: Module, input_shape: tuple, device: Any = None, dtype: Any = 
 
 # the ranks (batch axis included) each module with a fixed input rank takes
 _INPUT_RANKS: tuple[tuple[type, tuple[int, ...]], ...] = (
-    (Conv2d, (4,)), (_Pool2d, (4,)), (AdaptiveAvgPool2d, (4,)), (BatchNorm2d, (4,)),
-    (Linear, (2,)), (BatchNorm1d, (2, 3)),
+    (Conv2d, (4,)), (MaxPool2d, (4,)), (AvgPool2d, (4,)), (AdaptiveAvgPool2d, (4,)),
+    (BatchNorm2d, (4,)), (Linear, (2,)), (BatchNorm1d, (2, 3)),
 )
 
 
