@@ -3,6 +3,7 @@
     python examples/train_fashion_mnist.py                     # the default recipe, 10 epochs
     python examples/train_fashion_mnist.py --epochs 1 --data sample   # a quick try, no files needed
     python examples/train_fashion_mnist.py --resume            # continue after Ctrl-C
+    python examples/train_fashion_mnist.py --data sample --epochs 2 --monitor   # gradient flow
 
 The data: ``--data auto`` (default) uses the full 60,000 + 10,000 images when they are on disk
 (``sudo apt-get install dataset-fashion-mnist``, ``$TINYNET_DATA``, or the download cache) and
@@ -15,7 +16,8 @@ constant). The test split doubles as the validation data printed after every epo
 has no separate validation split), so read those numbers as test accuracy.
 
 Written to ``--out`` (default ``runs/fashion-mnist``): ``history.jsonl`` (one line per epoch) and
-``last.npz`` (the checkpoint to resume from, and the trained weights).
+``last.npz`` (the checkpoint to resume from, and the trained weights); with ``--monitor`` also
+``flow.jsonl`` (the gradient flow, every ``--monitor-every`` updates) and its picture ``flow.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ except ImportError:  # running from a checkout without `pip install`: use the ch
     import tinynet
 from tinynet import nn
 from tinynet.data import DataLoader, DatasetNotFoundError, load_splits
+from tinynet.lab.flow import FlowMonitor
 from tinynet.models import course_cnn
 from tinynet.optim.lr_scheduler import StepLR
 from tinynet.train import TrainingDiverged, evaluate, fit
@@ -73,8 +76,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", action="store_true",
                    help="save history.png, confusion_matrix.png and predictions.png in --out "
                         "(needs matplotlib: pip install \"tinynet[plot]\")")
+    p.add_argument("--monitor", action="store_true",
+                   help="watch the gradient flow: every --monitor-every updates, each layer's "
+                        "gradient and weight norms, update ratio, activations and dead ReLUs "
+                        "go to OUT/flow.jsonl, drawn in OUT/flow.png (needs matplotlib)")
+    p.add_argument("--monitor-every", type=int, default=10, metavar="K",
+                   help="with --monitor: record every K-th weight update")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "monitor_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("limit", "threads"):
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             model, loss_fn, optimizer, train_loader, args.epochs, val_loader=test_loader,
             scheduler=scheduler, out_dir=out, progress=not args.no_progress, resume=resume,
             resume_hint=hint, meta={"args": vars(args)},
+            monitor=FlowMonitor(every=args.monitor_every) if args.monitor else None,
         )
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -162,7 +172,21 @@ def main(argv: list[str] | None = None) -> int:
               f"history {out / 'history.jsonl'}")
     if args.plot:
         save_plots(model, out, test_set, test_loader)
+    if args.monitor:
+        save_flow_plot(out)
     return 0
+
+
+def save_flow_plot(out: Path) -> None:
+    """The gradient flow recorded in OUT/flow.jsonl, drawn as OUT/flow.png."""
+    try:
+        from tinynet import plot
+
+        plot.plot_flow(out / "flow.jsonl", path=out / "flow.png")
+    except ImportError as exc:  # matplotlib missing: the numbers are in flow.jsonl anyway
+        print(f"gradient flow: {out / 'flow.jsonl'} (no picture: {exc})")
+        return
+    print(f"gradient flow: {out / 'flow.jsonl'}, picture {out / 'flow.png'}")
 
 
 def save_plots(model, out: Path, test_set, test_loader) -> None:

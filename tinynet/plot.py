@@ -5,6 +5,7 @@
 * :func:`plot_filters`: the filters (kernels) of a convolution layer.
 * :func:`plot_feature_maps`: what one image looks like after each convolution layer.
 * :func:`plot_predictions`: sample images with predicted and true labels, mistakes in red.
+* :func:`plot_flow`: gradient flow over training, per layer (``fit(..., monitor=True)``).
 
 Every function returns a matplotlib ``Figure`` and, with ``path=...``, saves it as a PNG. The
 figures are made without ``pyplot`` (no window, no display needed; nothing to close), so they
@@ -36,6 +37,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_feature_maps",
     "plot_filters",
+    "plot_flow",
     "plot_history",
     "plot_predictions",
 ]
@@ -370,5 +372,95 @@ def plot_predictions(model: Module, images: Any, labels: Any, class_names: Seque
             spine.set_linewidth(1 if ok else 3)
     wrong = int((pred != y).sum())
     fig.suptitle(f"predicted (true): {n - wrong} right, {wrong} wrong in red", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+def plot_flow(records_or_path: Any, path: str | os.PathLike | None = None) -> Any:
+    """Gradient flow over training, one line per layer: is every layer learning?
+
+    Args:
+        records_or_path: the records of a :class:`tinynet.lab.flow.FlowMonitor` (a list of
+            dicts, or the monitor itself), or the path of the ``flow.jsonl`` that
+            ``fit(..., monitor=True, out_dir=...)`` writes (or of the folder holding it).
+        path: where to save the PNG (optional).
+
+    Returns:
+        the Figure, six panels over the training steps: the gradient norm ||dL/dW|| (log
+        scale) and the weight norm ||W|| of each layer; the update ratio ||dW|| / ||W|| of a step
+        with the "1e-3 rule" line; the share of dead units after each ReLU; the mean and the std
+        of each layer's output (solid) and of its ReLU's (dashed). A layer and its ReLU have
+        one colour in every panel.
+    """
+    from .lab.flow import read_flow
+
+    if isinstance(records_or_path, (str, os.PathLike)):
+        records = read_flow(records_or_path)
+    else:
+        records = list(getattr(records_or_path, "records", records_or_path))
+        if not all(isinstance(r, dict) and "params" in r for r in records):
+            raise TypeError("plot_flow: expected the records of a FlowMonitor (dicts with "
+                            "'params' and 'modules'), a FlowMonitor, or a flow.jsonl path")
+    if not records:
+        raise ValueError("plot_flow: no records (did fit run with monitor=... for a few steps?)")
+    steps = [r["step"] for r in records]
+    # the layers: weights with >= 2 axes (a conv's kernel, a Linear's matrix), first to last
+    layers = [n for n, p in records[0]["params"].items() if p.get("ndim", 0) >= 2]
+    modules = list(records[0].get("modules", {}))
+    types = {n: m["type"] for n, m in records[0].get("modules", {}).items()}
+    owner = {}  # module name -> the layer it belongs to (a layer, and the ReLU after it)
+    current = None
+    for name in modules:
+        if f"{name}.weight" in layers:
+            current = f"{name}.weight"
+        if current is not None and (f"{name}.weight" == current or types[name] == "ReLU"):
+            owner[name] = current
+    fig = _figure(12, 6.6)
+    colors = {n: f"C{i % 10}" for i, n in enumerate(layers)}
+    axes = fig.subplots(2, 3).ravel()
+
+    def series(get: Any) -> list:
+        values = [get(r) for r in records]
+        return [np.nan if v is None else float(v) for v in values]
+
+    panels = ((axes[0], "grad_norm", "gradient norm ||dL/dW|| (log)"),
+              (axes[1], "weight_norm", "weight norm ||W||"),
+              (axes[2], "update_ratio", "update ratio ||dW|| / ||W|| per step (log)"))
+    for ax, key, title in panels:
+        for n in layers:
+            y = series(lambda r, n=n, key=key: r["params"].get(n, {}).get(key))
+            ax.plot(steps, y, "o-", ms=3, color=colors[n],
+                    label=f"{n.rpartition('.')[0]} {types.get(n.rpartition('.')[0], '')}")
+        if key != "weight_norm":
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+    axes[2].axhline(1e-3, color="grey", ls="--", lw=1, label='"1e-3 rule"')
+    axes[0].legend(fontsize=7, title="layer", title_fontsize=7)
+    axes[2].legend(fontsize=7)
+    relus = [n for n in modules if types[n] == "ReLU"]
+    for n in relus:
+        y = series(lambda r, n=n: r["modules"].get(n, {}).get("dead"))
+        axes[3].plot(steps, y, "o--", ms=3, color=colors.get(owner.get(n), "black"),
+                     label=f"ReLU {n}")
+    axes[3].axhline(0.5, color="grey", ls=":", lw=1, label="half: a warning")
+    axes[3].set_ylim(-0.03, 1.03)
+    axes[3].set_title("dead ReLU units (0 for the whole batch)", fontsize=9)
+    axes[3].legend(fontsize=7)
+    for ax, key in ((axes[4], "mean"), (axes[5], "std")):
+        for n in modules:
+            if n not in owner:
+                continue
+            y = series(lambda r, n=n, key=key: r["modules"].get(n, {}).get(key))
+            ax.plot(steps, y, "-" if types[n] != "ReLU" else "--", color=colors[owner[n]],
+                    label=f"{n} {types[n]}")
+        ax.set_title(f"activation {key} (solid: layer, dashed: its ReLU)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step (weight update)")
+        ax.grid(alpha=0.3)
+    epochs = sorted({r["epoch"] for r in records})
+    fig.suptitle(f"gradient flow: {len(records)} records, steps {steps[0]}-{steps[-1]}, "
+                 f"epoch{'s' if len(epochs) > 1 else ''} {epochs[0]}"
+                 f"{f'-{epochs[-1]}' if len(epochs) > 1 else ''}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -247,6 +247,7 @@ def fit(
     verbose: bool = True,
     resume_hint: str | None = None,
     meta: dict | None = None,
+    monitor: Any = None,
 ) -> History:
     """Train ``model`` until ``epochs`` epochs are done; return the :class:`History`.
 
@@ -279,6 +280,12 @@ def fit(
         resume_hint: the command to print after a Ctrl-C to continue (e.g. the example script's
             ``--resume`` command line).
         meta: extra JSON-friendly data stored in every checkpoint (e.g. the run's settings).
+        monitor: watch the gradient flow: True for a :class:`tinynet.lab.flow.FlowMonitor` with
+            its defaults, or a monitor object (``FlowMonitor(every=K)``). Every K updates it
+            records each layer's gradient and weight norms, its update/weight ratio, the
+            activations and dead ReLUs, in ``out_dir/flow.jsonl`` (appended to on resume), and
+            warns on vanishing or exploding gradients and on dead ReLUs. None (default): nothing
+            is measured and nothing costs extra.
 
     Returns:
         The :class:`History` (a list of per-epoch dicts) with ``status`` ``'completed'`` or
@@ -297,6 +304,16 @@ def fit(
     ):
         raise TypeError(f"fit: a scheduler needs step(), state_dict() and load_state_dict(); "
                         f"got {type(scheduler).__name__}")
+    if monitor is True or monitor is False:
+        from .lab.flow import FlowMonitor
+
+        monitor = FlowMonitor() if monitor else None
+    if monitor is not None and not all(
+        hasattr(monitor, name) for name in ("start", "due", "before_step", "after_step")
+    ):
+        raise TypeError(f"fit: monitor must be True or an object with start(), due(), "
+                        f"before_step() and after_step() (a tinynet.lab.flow.FlowMonitor); "
+                        f"got {type(monitor).__name__}")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -349,6 +366,9 @@ def fit(
         return history
 
     n_batches = len(train_loader) if hasattr(train_loader, "__len__") else None
+    if monitor is not None:  # flow.jsonl: afresh, or appended to as history.jsonl is
+        monitor.start(model, out_dir=out, append=resume is not None or start_epoch > 0,
+                      steps_per_epoch=n_batches)
     # The state of the run at the last consistent point, for a Ctrl-C at any moment:
     stage = "start"  # 'train': inside epoch `epoch`; 'closed': epoch `epoch` fully finished
     t_epoch = time.perf_counter()
@@ -397,9 +417,14 @@ def fit(
                     model.backward(loss_fn.backward(), input_grad=False)
                 else:
                     model.backward(loss_fn.backward())
+                watch = monitor is not None and monitor.due(epoch, sums["batches"] + 1)
+                if watch:  # gradient flow: the norms, the activations, the weights before
+                    monitor.before_step(model, x)
                 with _DeferCtrlC():  # Ctrl-C waits: an update is all or nothing
                     updating = True
                     optimizer.step()  # 5. update the weights: w <- w - lr * (smoothed) gradient
+                    if watch:  # ... and how much the update changed them
+                        monitor.after_step(model, optimizer)
                     if scheduler is not None and scheduler_interval == "batch":
                         scheduler.step()
                     n = int(y.shape[0])
