@@ -12,6 +12,7 @@ Run (offline, a few seconds)::
     python examples/01_tensors.py --batch-size 4
 """
 
+# %% Imports
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,14 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 from tinynet.data import DataLoader, FashionMNIST
 
 
+# %% A helper: print a tensor's rank, shape and dtype
 def describe(name: str, t: np.ndarray) -> None:
     """Print rank, shape and dtype of a tensor."""
     print(f"  {name:<28} rank {t.ndim}   shape {str(t.shape):<18} dtype {t.dtype}")
 
 
+# %% The lesson, in four steps: 1. rank, 2. one image, 3. a batch [batch, channels,
+# height, width], 4. reshape and flatten. Running main() prints each step.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
@@ -90,5 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# %% Run it. From a terminal: python examples/01_tensors.py [flags]. In a notebook
+# (Jupyter, VS Code), call main([]) instead, or main(["--batch-size", "4"]) with the flags you
+# want: there, the command-line arguments are the kernel's own, not this script's.
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -17,6 +17,7 @@ Run (offline, a few seconds)::
     python examples/02_forward_pass.py --batch-size 2 --show-mistake
 """
 
+# %% Imports
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,8 @@ from tinynet.inspect import ShapeError, axis_names
 from tinynet.models import course_cnn
 
 
+# %% The lesson, in four steps: 1. print(model), 2. its summary, 3. one batch module by
+# module, 4. (--show-mistake) a shape error and its fix. Running main() prints each step.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
@@ -107,5 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# %% Run it. From a terminal: python examples/02_forward_pass.py [flags]. In a notebook
+# (Jupyter, VS Code), call main([]) instead, or main(["--show-mistake"]) with the flags you
+# want: there, the command-line arguments are the kernel's own, not this script's.
 if __name__ == "__main__":
     raise SystemExit(main())

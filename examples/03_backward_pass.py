@@ -18,6 +18,7 @@ Run (offline, a few seconds)::
     python examples/03_backward_pass.py --entries 10 --batch-size 8
 """
 
+# %% Imports
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,15 @@ from tinynet.data import DataLoader, FashionMNIST
 from tinynet.models import course_cnn
 
 
+# %% A helper: the loss at the current weights (forward and loss only)
 def loss_at(model: nn.Module, loss_fn: nn.Module, x, y) -> float:
     """Steps 2 and 3 only (forward and loss), without keeping anything for a backward pass."""
     with tinynet.no_grad():
         return float(loss_fn(model(x), y))
 
 
+# %% The lesson: one forward and backward pass by hand (steps 1-4), every weight gradient
+# checked against finite differences, then one step downhill and one uphill.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
@@ -123,5 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if worst < 1e-6 else 1
 
 
+# %% Run it. From a terminal: python examples/03_backward_pass.py [flags]. In a notebook
+# (Jupyter, VS Code), call main([]) instead, or main(["--entries", "2"]) with the flags you
+# want: there, the command-line arguments are the kernel's own, not this script's.
 if __name__ == "__main__":
     raise SystemExit(main())

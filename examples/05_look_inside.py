@@ -18,6 +18,7 @@ Run (offline; about ten seconds on a CPU)::
     python examples/05_look_inside.py --checkpoint runs/fashion-mnist/last.npz
 """
 
+# %% Imports
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ from tinynet.data import ArrayDataset, DataLoader, FashionMNIST
 from tinynet.models import course_cnn
 
 
+# %% One epoch of training (with an optimizer) or of evaluation (without): steps 1-6
 def run_epoch(model, loader, loss_fn, optimizer=None) -> tuple[float, float]:
     """One pass over ``loader``, training when an optimizer is given: (mean loss, accuracy)."""
     total_loss, correct, seen = 0.0, 0, 0
@@ -58,6 +60,8 @@ def run_epoch(model, loader, loss_fn, optimizer=None) -> tuple[float, float]:
     return total_loss / seen, correct / seen
 
 
+# %% The lesson: train briefly (or load --checkpoint), save the five pictures, then trace
+# one training step module by module. Running main() does it all.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default="runs/look_inside", help="where to save the PNGs")
@@ -124,5 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# %% Run it. From a terminal: python examples/05_look_inside.py [flags]. In a notebook
+# (Jupyter, VS Code), call main([]) instead, or main(["--epochs", "1"]) with the flags you
+# want: there, the command-line arguments are the kernel's own, not this script's.
 if __name__ == "__main__":
     raise SystemExit(main())
