@@ -322,3 +322,30 @@ def test_the_command_line_on_a_tiny_setting(compare_runs, tmp_path, capsys):
     assert compare_runs.main([*args[:-6], "--limit", "32", "--out", str(tmp_path),
                               "--no-plot"]) == 2
     assert "use another out folder (--out)" in capsys.readouterr().err
+
+
+def test_the_command_line_stops_on_ctrl_c_and_the_same_command_continues(compare_runs, tmp_path,
+                                                                         capsys, monkeypatch):
+    class CtrlCInTheFirstRun(compare_runs.CourseSetup):
+        def __call__(self, run):
+            pieces = super().__call__(run)
+            if run.lr == 0.05 and not calls:
+                pieces["train_loader"].__class__ = InterruptingLoader
+                pieces["train_loader"].interrupt_at = (0, 1)  # epoch 1, fetching batch 2
+            calls.append(run.name)
+            return pieces
+
+    calls: list[str] = []
+    monkeypatch.setattr(compare_runs, "CourseSetup", CtrlCInTheFirstRun)
+    args = ["--lr", "0.05", "0.01", "--epochs", "1", "--data", "sample", "--limit", "128",
+            "--out", str(tmp_path), "--no-progress", "--no-plot"]  # 2 batches of 64 per epoch
+    assert compare_runs.main(args) == 130  # the shell's code for Ctrl-C
+    err = capsys.readouterr().err
+    assert "The grid stopped (Ctrl-C) at run 1 of 2 (lr=0.05)" in err
+    assert "To continue: python examples/compare_runs.py --lr 0.05 0.01" in err
+    assert calls == ["lr=0.05"]
+    assert compare_runs.main(args) == 0
+    assert calls == ["lr=0.05", "lr=0.05", "lr=0.01"]
+    rows = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert {r["name"]: r["action"] for r in rows} == {"lr=0.05": "resumed", "lr=0.01": "trained"}
+    assert all(len(_lines(tmp_path / r["name"])) == 1 for r in rows)

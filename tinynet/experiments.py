@@ -383,7 +383,7 @@ def _row(run: Run, folder: Path, status: str, action: str, message: str = "") ->
     images_per_s = len(rates) / sum(1.0 / r for r in rates) if rates else None
     note = {"trained": "trained", "resumed": "resumed", "skipped": "done before"}[action]
     if status != "completed":
-        note = f"{status} ({note})"
+        note = status if action == "trained" else f"{status} ({note})"
     return {
         "name": run.name, "settings": run.settings, "status": status, "action": action,
         "epochs": len(history),
@@ -598,9 +598,10 @@ def run_grid(
         results.status = "interrupted"
         results.message = (
             f"\nThe grid stopped (Ctrl-C) at run {index + 1} of {len(runs)} ({current}): "
-            f"{done} done, {len(runs) - done} to go. Every finished epoch is saved "
-            f"in {out}.\nTo continue: {hint}\n(finished runs are skipped, an interrupted run "
-            f"resumes exactly where it stopped, nothing is trained twice)")
+            f"{done} done, {len(runs) - done} to go. What was trained is saved in {out} "
+            f"(the interrupted run too, to the batch).\nTo continue: {hint}\n(finished runs "
+            f"are skipped, an interrupted run resumes exactly where it stopped, nothing is "
+            f"trained twice)")
         _write_results(out, results, epochs)
         if verbose and results:
             print("\n" + results.table(), flush=True)
