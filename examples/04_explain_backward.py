@@ -19,7 +19,7 @@ Run (offline, on the embedded sample, about a second)::
     python examples/04_explain_backward.py --seed 3 --markdown --out explained.md
 """
 
-# %%
+# %% Imports
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,7 @@ from tinynet.lab.explain import explain_backward, sample_batch
 from tinynet.models import course_cnn
 
 
+# %% The command line: --seed, --image, --batch-size, --markdown, --out
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0,
@@ -51,12 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# %% [markdown]
-# Step 1: one real image, and the course network with freshly initialised weights. The
-# explanation never changes the model: it runs on a copy.
-
-
-# %%
+# %% Step 1: one real image of the embedded sample, and the course network with freshly
+# initialised weights (the explanation never changes the model: it works on a copy)
 def build(args: argparse.Namespace):
     tinynet.manual_seed(args.seed)
     model = course_cnn()
@@ -64,12 +61,8 @@ def build(args: argparse.Namespace):
     return model, x, y
 
 
-# %% [markdown]
-# Step 2: forward module by module, the loss, then backward from the loss to the first layer,
-# each module's backward called by hand, every gradient kept and explained.
-
-
-# %%
+# %% Step 2: forward module by module, the loss, then backward from the loss to the first
+# layer, each module's backward called by hand, every gradient kept and explained
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -88,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if explanation.all_match else 1
 
 
-# %%
+# %% Run it. From a terminal: python examples/04_explain_backward.py [flags]. In a notebook
+# (Jupyter, VS Code) this cell runs main([]), the defaults; call main(["--seed", "3"]) with the
+# flags you want: there, the command-line arguments are the kernel's own, not this script's.
 if __name__ == "__main__":
-    if "ipykernel" in sys.modules:  # run as a notebook cell: the defaults, no command line
+    if "ipykernel" in sys.modules:
         main([])
     else:
         raise SystemExit(main())

@@ -338,3 +338,13 @@ def test_example_runs(tmp_path, capsys):
 def test_any_seed_explains_the_course_network(seed):
     ex = explain_backward(course_model(0), *sample_batch(1, start=seed % 100), seed=seed)
     assert ex.all_match
+
+
+def test_on_every_device(device):
+    """A model on a GPU: the formulas run on host copies, the checks hold the same."""
+    tinynet.manual_seed(0)
+    model = course_cnn(device=device)
+    x, y = sample_batch(2, device=device)
+    ex = explain_backward(model, x, y, seed=1)
+    assert ex.device == device and ex.all_match
+    assert_entries_are_real(ex, real_gradients(model, x, y), rtol=1e-4)
