@@ -12,6 +12,7 @@ import http.server
 import importlib.util
 import json
 import math
+import re
 import socket
 import threading
 import urllib.request
@@ -235,6 +236,121 @@ def test_labels_out_of_range(places):
     write_idx(folder / labels_name, np.array([3, 10], np.uint8))
     with pytest.raises(ValueError, match="class numbers 0..9, found 10"):
         FashionMNIST(root=folder, train=False, download=False)
+
+
+def _flip(data: bytes, at: int, mask: int = 0xFF) -> bytes:
+    return data[:at] + bytes([data[at] ^ mask]) + data[at + 1:]
+
+
+def test_read_idx_corrupted_gzip_and_not_gzip(tmp_path):
+    whole = gzip.compress(idx_bytes(np.arange(3 * 28 * 28).reshape(3, 28, 28) % 251))
+    path = tmp_path / "flipped.gz"
+    path.write_bytes(_flip(whole, len(whole) // 2))  # the deflate data or its CRC no longer fit
+    with pytest.raises(ValueError, match="flipped.gz: the compressed file is damaged"):
+        read_idx(path)
+    page = tmp_path / "page.gz"
+    page.write_bytes(b"<html><body>404 Not Found</body></html>")
+    with pytest.raises(ValueError, match=r"page\.gz: the name says gzip-compressed, but the file "
+                       r"is not gzip data.*an HTML page \(it starts with '<html><body>404"):
+        read_idx(page)
+    empty = tmp_path / "empty.xz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.xz: the name says xz-compressed.*it is empty"):
+        read_idx(empty)
+    plain = tmp_path / "plain-but-named.gz"  # an uncompressed IDX file under a .gz name is fine
+    plain.write_bytes(idx_bytes(np.zeros(3, np.uint8)))
+    np.testing.assert_array_equal(read_idx(plain, "labels"), np.zeros(3, np.uint8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_read_idx_any_cut_or_flipped_byte(data):
+    """Any damage to a gzip IDX file: a ValueError naming the file, or the very same array."""
+    import tempfile
+
+    images = (np.arange(2 * 28 * 28) % 253).astype(np.uint8).reshape(2, 28, 28)
+    whole = gzip.compress(idx_bytes(images), mtime=0)
+    if data.draw(st.booleans(), label="cut"):
+        damaged = whole[: data.draw(st.integers(0, len(whole) - 1), label="length")]
+    else:
+        at = data.draw(st.integers(0, len(whole) - 1), label="position")
+        damaged = _flip(whole, at, 1 << data.draw(st.integers(0, 7), label="bit"))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train-images-idx3-ubyte.gz"
+        path.write_bytes(damaged)
+        try:
+            got = read_idx(path, "images")
+        except ValueError as exc:
+            assert str(path) in str(exc)
+        else:  # the flip hit the header's time stamp or flags: the data is the same
+            np.testing.assert_array_equal(got, images)
+
+
+def _good_images_file() -> bytes:
+    images = (np.arange(4 * 28 * 28) % 251).astype(np.uint8).reshape(4, 28, 28)
+    return gzip.compress(idx_bytes(images), mtime=0)
+
+
+# what is wrong with the images file found: (the file's bytes, what the message says)
+DAMAGED_FILES = {
+    "gzip cut short": (lambda: _good_images_file()[:200], r"damaged or truncated"),
+    "gzip corrupted": (lambda: _flip(_good_images_file(), 200), r"damaged or truncated"),
+    "an HTML page": (lambda: b"<!DOCTYPE html><title>Error</title>", r"not gzip data.*HTML"),
+    "empty": (lambda: b"", r"not gzip data.*it is empty"),
+    "wrong magic": (lambda: gzip.compress(idx_bytes(np.zeros(4, np.uint8))),
+                    r"magic number 0x00000801, expected 0x00000803"),
+    "data cut short": (lambda: gzip.compress(idx_bytes(np.zeros((4, 28, 28), np.uint8))[:-100]),
+                       r"truncated IDX file"),
+    "wrong image size": (lambda: gzip.compress(idx_bytes(np.zeros((4, 32, 32), np.uint8))),
+                         r"images of 32x32"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_FILES))
+@pytest.mark.parametrize("source", ["root", "TINYNET_DATA", "cache", "system"])
+def test_a_damaged_file_on_the_search_path_names_file_and_place(places, monkeypatch, source,
+                                                                  damage):
+    make, pattern = DAMAGED_FILES[damage]
+    folder = places[source]
+    write_split(folder, "train")
+    images_file = folder / fm.FILES["train"][0]
+    images_file.write_bytes(make())
+    if source != "system":
+        write_split(places["system"], "train")  # a good copy further down is not used silently
+    if source == "TINYNET_DATA":
+        monkeypatch.setenv(fm.DATA_ENV, str(folder))
+    kw = {"root": folder} if source == "root" else {}
+    with pytest.raises(ValueError) as info:
+        FashionMNIST(train=True, download=False, **kw)
+    message = str(info.value)
+    assert re.search(pattern, message), message
+    assert str(images_file) in message  # the file
+    where = {"root": "place 1 of the search order, the root argument",
+             "TINYNET_DATA": "place 1 of the search order, $TINYNET_DATA",
+             "cache": "place 1 of the search order, tinynet's download cache",
+             "system": "place 2 of the search order, Debian/Ubuntu package"}[source]
+    assert f"It was found in {folder} ({where}" in message, message  # the place
+    if source != "system":
+        assert f". {places['system']}  (Debian/Ubuntu package" in message  # not tried
+        assert "were not tried" in message
+    fix = {"root": "delete or replace the damaged file", "TINYNET_DATA": "point $TINYNET_DATA",
+           "cache": "FashionMNIST(download=True) then downloads it again",
+           "system": "apt-get install --reinstall dataset-fashion-mnist"}[source]
+    assert "What to do:" in message and fix in message
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_a_damaged_sample_says_reinstall(tmp_path, monkeypatch):
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    images_name, labels_name = fm.SAMPLE_FILES["test"]
+    (sample / images_name).write_bytes(b"\xfd7zXZ\x00" + b"\x00" * 10)  # xz, cut short
+    write_idx(sample / labels_name, np.zeros(2, np.uint8))
+    monkeypatch.setattr(fm, "SAMPLE_DIR", sample)
+    with pytest.raises(ValueError, match=r"(?s)damaged or truncated.*sample shipped inside "
+                       r"tinynet.*reinstall tinynet") as info:
+        FashionMNIST(train=False, sample=True)
+    assert str(sample / images_name) in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------

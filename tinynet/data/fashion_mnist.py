@@ -30,6 +30,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,22 +117,42 @@ class DownloadError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # The IDX format
 # ----------------------------------------------------------------------------------------------
+def _what_bytes(head: bytes) -> str:
+    """What a file seems to hold, from its first bytes (for error messages)."""
+    text = head.decode("utf-8", errors="replace")
+    if head and text.count("\ufffd") <= 1 and all(c.isprintable() or c in "\t\r\n\ufffd"
+                                                  for c in text):
+        kind = "an HTML page" if text.lstrip().startswith("<") else "text"
+        return f"{kind} (it starts with {text[:30]!r})"
+    return f"data starting with the bytes {head[:8].hex(' ') or '(none: it is empty)'}"
+
+
 def _read_bytes(path: Path) -> bytes:
     """The file's content, decompressed when it is gzip (``.gz``) or xz (``.xz``) compressed."""
     with open(path, "rb") as f:
-        head = f.read(6)
+        head = f.read(32)
     try:
         if head[:2] == b"\x1f\x8b":
             with gzip.open(path, "rb") as f:
                 return f.read()
-        if head == b"\xfd7zXZ\x00":
+        if head[:6] == b"\xfd7zXZ\x00":
             with lzma.open(path, "rb") as f:
                 return f.read()
-    except (EOFError, OSError, lzma.LZMAError) as exc:
+    # a file cut short (EOFError), a wrong checksum (BadGzipFile, an OSError), damaged
+    # compressed data (zlib.error, lzma.LZMAError)
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise ValueError(
             f"{path}: the compressed file is damaged or truncated ({exc}). It may come from an "
             f"interrupted download: delete it and get it again"
         ) from exc
+    compression = {".gz": "gzip", ".xz": "xz"}.get(path.suffix)
+    if compression and not head.startswith(b"\x00\x00\x08"):  # a plain IDX file is fine too
+        raise ValueError(
+            f"{path}: the name says {compression}-compressed, but the file is not {compression} "
+            f"data, nor an uncompressed IDX file: it holds {_what_bytes(head)}. A failed "
+            f"download can save a server's error page under the file's name: delete it and get "
+            f"it again"
+        )
     with open(path, "rb") as f:
         return f.read()
 
@@ -398,7 +419,9 @@ class FashionMNIST(ArrayDataset):
 
     Raises:
         DatasetNotFoundError (a RuntimeError) listing every place looked at and the ways to get
-        the data; ValueError when a file is found but damaged.
+        the data; ValueError when a file is found but damaged or foreign (truncated, not gzip,
+        a wrong magic number or sizes), naming the file, the folder it was found in with its
+        place in the search order (and the places after it, not tried), and what to do.
 
     Example::
 
@@ -427,7 +450,12 @@ class FashionMNIST(ArrayDataset):
         else:
             found = self._locate(root, split, download, base_url)
         self.source, self.root, self.files = found
-        images, labels = _load_pair(*self.files)
+        try:
+            images, labels = _load_pair(*self.files)
+        except ValueError as exc:  # a damaged or foreign file: say where it was found
+            searched = [] if sample else candidate_dirs(root)
+            raise ValueError(_unusable_message(exc, split, self.source, self.root, searched)) \
+                from exc
         super().__init__(images, labels, classes=CLASSES)
 
     @staticmethod
@@ -501,16 +529,57 @@ def _splits(data: str) -> tuple[FashionMNIST, FashionMNIST]:
     return FashionMNIST(train=True, sample=True), FashionMNIST(train=False, sample=True)
 
 
+# The places of candidate_dirs, in words.
+_PLACES = {
+    "root": "the root argument",
+    "TINYNET_DATA": "$TINYNET_DATA",
+    "cache": "tinynet's download cache",
+    "system": "Debian/Ubuntu package dataset-fashion-mnist",
+    "download": "tinynet's download cache, downloaded just now",
+    "sample": "the sample shipped inside tinynet",
+}
+
+
+def _unusable_message(
+    exc: ValueError, split: str, source: str, folder: Path, searched: Sequence[tuple[str, Path]]
+) -> str:
+    """A file of a split is damaged or foreign: which file, where it was found, what to do."""
+    head = f"Fashion-MNIST ({split} split): a file found at {folder} cannot be used:\n  {exc}\n"
+    if source == "sample":
+        return head + (
+            f"It is part of {_PLACES['sample']}, so tinynet's installation is damaged: reinstall "
+            f"tinynet (pip install --force-reinstall tinynet, or pip install -e . in a checkout)"
+        )
+    if source == "download":
+        where = f"It was found in {folder} ({_PLACES['download']})."
+        later: list[tuple[int, str, Path]] = []
+    else:
+        number = next((i for i, (s, f) in enumerate(searched, 1) if (s, f) == (source, folder)),
+                      None)
+        place = f"place {number} of the search order, " if number else ""
+        where = f"It was found in {folder} ({place}{_PLACES[source]})."
+        later = [(i, s, f) for i, (s, f) in enumerate(searched, 1) if number and i > number]
+    if later:
+        where += (" The first folder holding both files of the split is used, so the places "
+                  "after it were not tried:\n" + "\n".join(
+                      f"  {i}. {f}  ({_PLACES[s]})" for i, s, f in later))
+    if source == "system":
+        fix = "reinstall the package (sudo apt-get install --reinstall dataset-fashion-mnist)"
+    elif source in ("cache", "download"):
+        fix = ("delete the damaged file; FashionMNIST(download=True) then downloads it again "
+               "(checking its MD5 checksum)")
+    else:
+        fix = (f"delete or replace the damaged file (or point {_PLACES[source]} at a folder "
+               f"with good files); the search then goes on to the next place")
+    return (head + where + f"\nWhat to do: {fix}. Or check that these are the files you meant; "
+            f"FashionMNIST(sample=True) needs no files at all")
+
+
 def _not_found_message(
     split: str, searched: Sequence[tuple[str, Path]], problem: str, url: str
 ) -> str:
     images, labels = FILES[split]
-    what = {
-        "root": "the root argument",
-        "TINYNET_DATA": "$TINYNET_DATA",
-        "cache": "tinynet's download cache",
-        "system": "Debian/Ubuntu package dataset-fashion-mnist",
-    }
+    what = _PLACES
     places = "\n".join(
         f"  {i}. {folder}  ({what[source]})" for i, (source, folder) in enumerate(searched, 1)
     )
