@@ -679,7 +679,7 @@ def plot_runs(source: Any, path: str | os.PathLike | None = None) -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("plot_runs needs matplotlib, which is not installed. Install it with: "
                           'pip install "tinynet[plot]"  (or: pip install matplotlib)') from exc
-    fig = Figure(figsize=(10, 3.8), dpi=80)
+    fig = Figure(figsize=(11.5, 3.8), dpi=80)
     FigureCanvasAgg(fig)  # PNGs without pyplot, no display needed
     ax_loss, ax_acc = fig.subplots(1, 2)
     colours = [f"C{i % 10}" for i in range(len(rows))]
@@ -698,8 +698,8 @@ def plot_runs(source: Any, path: str | os.PathLike | None = None) -> Any:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize="small", title="validation (dashed: training)",
-                  title_fontsize="small")
+    ax_acc.legend(fontsize="small", title="validation\n(dashed: training)",
+                  title_fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     if path is not None:
         path = Path(path)
