@@ -308,8 +308,14 @@ def test_text_shows_upstream_numbers_and_the_max_pool_window():
     assert sum(line.count("[") for line in window.lines[1:3]) == 1  # exactly one winner
     assert "goes there, the other 3 get 0 from this window" in window.lines[3]
     text = ex.text()
-    numbers = re.search(r"first numbers \[([^\]]*)\]", text).group(1)
+    numbers = re.search(r"first numbers: \[([^\]]*)\]", text).group(1)
     assert len(numbers.split(", ")) == 7  # six numbers and "..."
+    # a gradient whose first numbers are all 0 shows its first non-zero ones instead
+    # (conv 2's dY: zero wherever the max pool after it did not route, so its first are 0)
+    conv = next(s for s in ex.steps if s.name == "3")
+    first = conv.upstream_from
+    assert first is not None and all(v != 0 for v in conv.upstream_numbers)
+    assert f"first non-zero numbers, from dY[{', '.join(map(str, first))}] on" in text
 
 
 # -- the command line and the example -----------------------------------------------------------

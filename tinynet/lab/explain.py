@@ -139,7 +139,8 @@ class Step:
         title: ``'7: Linear(192 -> 120)'``.
         input_shape, output_shape: of its forward pass.
         upstream_shape: the shape of dL/d(its output) that arrived.
-        upstream_numbers: the first few numbers of that gradient.
+        upstream_numbers: the first few numbers of that gradient (the first few non-zero ones,
+            from ``upstream_from`` on, when those are all 0).
         sections: the rule, the worked entries, the max-pool window, ... in order.
         entries: the worked entries (each checked against the module's backward).
         downstream_shape: the shape of dL/d(its input) that it passed on (None for the loss).
@@ -154,6 +155,7 @@ class Step:
     upstream_size: int
     upstream_max: float
     upstream_nonzero: int = 0
+    upstream_from: tuple | None = None
     sections: list[Section] = field(default_factory=list)
     entries: list[WorkedEntry] = field(default_factory=list)
     downstream_shape: tuple | None = None
@@ -205,6 +207,8 @@ class Explanation:
             out.append(f"== {s.title} ==")
             out.append(f"   forward: {_shape(s.input_shape)} -> {_shape(s.output_shape)}")
             out.append(f"   upstream gradient dL/d(output): {_upstream(s)}")
+            if s.upstream_shape:
+                out.append(f"      {_numbers_line(s)}")
             for sec in s.sections:
                 out.append(f"   {sec.label}:")
                 out.extend(f"      {line}" for line in sec.lines)
@@ -223,6 +227,8 @@ class Explanation:
             out.append("")
             out.append(f"- forward: `{_shape(s.input_shape)}` -> `{_shape(s.output_shape)}`")
             out.append(f"- upstream gradient dL/d(output): {_upstream(s, md=True)}")
+            if s.upstream_shape:
+                out.append(f"  {_numbers_line(s)}")
             if s.downstream_shape is not None:
                 out.append(f"- passes down dL/d(input), shape `{_shape(s.downstream_shape)}`")
             out.append("")
@@ -269,13 +275,20 @@ def _idx(index: tuple) -> str:
 
 
 def _upstream(s: Step, md: bool = False) -> str:
-    nums = ", ".join(_num(v) for v in s.upstream_numbers)
-    more = ", ..." if s.upstream_size > len(s.upstream_numbers) else ""
     shape = f"`{_shape(s.upstream_shape)}`" if md else _shape(s.upstream_shape)
-    if s.upstream_size == 1 and not s.upstream_shape:
-        return f"{nums} (dL/dL = 1: the start)"
+    if not s.upstream_shape:
+        return "1 (dL/dL = 1: the start)"
     return (f"shape {shape}, {s.upstream_nonzero:,} of {s.upstream_size:,} non-zero, largest "
-            f"|value| {_num(s.upstream_max)}; first numbers [{nums}{more}]")
+            f"|value| {_num(s.upstream_max)}")
+
+
+def _numbers_line(s: Step) -> str:
+    nums = ", ".join(_num(v) for v in s.upstream_numbers)
+    if s.upstream_from is None:
+        more = ", ..." if s.upstream_size > len(s.upstream_numbers) else ""
+        return f"first numbers: [{nums}{more}]"
+    return (f"first non-zero numbers, from dY{_idx(s.upstream_from)} on (the ones before are "
+            f"0): [{nums}, ...]")
 
 
 def _sum_text(products: list[tuple[float, ...]], n_total: int, shown: int, what: str) -> str:
@@ -513,9 +526,15 @@ def _explain(model: Sequential, x: Any, y: Any, picker: _Picker, numbers: int, t
 def _new_step(name: str, title: str, x_shape: tuple, y_shape: tuple, dy: np.ndarray,
               numbers: int) -> Step:
     flat = dy.reshape(-1)
+    shown, start = flat[:numbers], None
+    nonzero = np.flatnonzero(flat)
+    if flat.size > numbers and not shown.any() and nonzero.size:
+        shown = flat[nonzero[:numbers]]
+        start = tuple(int(i) for i in np.unravel_index(int(nonzero[0]), dy.shape))
     return Step(
         name=name, title=title, input_shape=tuple(x_shape), output_shape=tuple(y_shape),
-        upstream_shape=tuple(dy.shape), upstream_numbers=[float(v) for v in flat[:numbers]],
+        upstream_shape=tuple(dy.shape), upstream_numbers=[float(v) for v in shown],
+        upstream_from=start,
         upstream_size=int(flat.size),
         upstream_max=float(np.abs(flat).max()) if flat.size else 0.0,
         upstream_nonzero=int(np.count_nonzero(flat)),
@@ -681,9 +700,9 @@ def _conv(step: Step, r: _Record, picker: _Picker, key: int, terms: int) -> None
            float(np.abs(prod).sum()))
     zeros = total - len(flat)
     if zeros:
-        step.sections[-1].lines.insert(2, f"{' ' * 6}({zeros} of the {total} products are 0: dY "
-                                          "is 0 where a max pool did not route or a ReLU "
-                                          "blocked)")
+        pad = " " * (len(step.entries[-1].label) + 3)
+        step.sections[-1].lines.insert(-1, f"{pad}({zeros} of the {total} products are 0: dY is 0 "
+                                           "where a max pool did not route or a ReLU blocked)")
     if "bias" in r.grads:
         vals = dY[:, f].reshape(-1)
         _entry(step, f"dL/db[{f}]", r.name, "bias", (f,),
@@ -725,8 +744,8 @@ def _relu(step: Step, r: _Record, picker: _Picker, key: int, terms: int) -> None
     if blocked.any():  # one the ReLU stopped: a gradient arrived, nothing goes through
         b = picker.pick(r.name, key + 1000, dY, allowed=blocked, use_chosen=False)
         _entry(step, f"dL/dX{_idx(b)}", r.name, "input", b, f"dY{_idx(b)} * [X{_idx(b)} > 0]",
-               f"{_par(dY[b])} * [{_num(X[b])} > 0] = {_par(dY[b])} * 0", 0.0, r.dx,
-               abs(dY[b]), "check (a blocked one)")
+               f"{_par(dY[b])} * [{_num(X[b])} > 0] = {_par(dY[b])} * 0",
+               dY[b] * float(X[b] > 0), r.dx, abs(dY[b]), "check (a blocked one)")
 
 
 def _maxpool(step: Step, r: _Record, picker: _Picker, key: int, terms: int) -> None:
