@@ -518,7 +518,8 @@ def run_grid(
             ``describe()`` method, its result (e.g. which data) is stored in each ``run.json``
             and a later call that describes itself differently refuses to mix the two.
         epochs: epochs per run (counting the epochs of earlier calls).
-        out: the folder of the runs and of ``results.json``, ``results.md`` and ``runs.png``.
+        out: the folder of the runs and of ``results.json``, ``results.md`` and ``runs.png``
+            (these three describe the runs of this call; each run's own folder keeps its files).
         progress: tqdm progress bars (see ``fit``).
         verbose: print each run's epochs and the final table.
         plot: save ``out/runs.png``, every run's curves in one picture (needs matplotlib; when it
