@@ -958,6 +958,9 @@ def _dropout(step: Step, r: _Record, picker: _Picker, key: int, terms: int) -> N
     seen = X != 0  # where X is 0 the mask cannot be read off Y / X
     index = picker.pick(r.name, key, r.dx, allowed=seen & (dY != 0))
     if not seen[index]:
+        step.sections.append(Section("note", [
+            f"X{_idx(index)} = 0: the mask cannot be read off Y / X there (both are 0), so no "
+            "entry is worked out"]))
         return
     dropped = seen & (Y == 0) & (dY != 0)
     for label, at in (("worked entry", index), ("check (a dropped one)", None)):
