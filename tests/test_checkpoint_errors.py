@@ -482,6 +482,30 @@ def test_every_problem_is_listed_at_once(good, tmp_path):
     assert "expects 0.weight, 0.bias, 3.weight" in text  # the model's own keys, in order
 
 
+def test_a_loaders_augmentation_is_left_as_it_was(tmp_path):
+    """The loader's saved state fits (it is tried on a copy, augmentation included), a later
+    part does not: the augmentation's generators, changed in place by a load, are untouched."""
+    from tinynet.data.transforms import RandomHorizontalFlip
+
+    saved_loader = DataLoader(_DATA, batch_size=8, shuffle=True, seed=4,
+                              transform=RandomHorizontalFlip(seed=11))
+    for _ in saved_loader:  # the flip's generator has drawn: its state is in the loader's
+        pass
+    run = Run(seed=1)
+    path = tinynet.save(tmp_path / "c.npz", model=run.model, optimizer=run.opt,
+                        train_loader=saved_loader.state_dict(),
+                        rng={"host": {"bit_generator": "PCG64", "state": "garbage"}})
+    flip = RandomHorizontalFlip(seed=12)
+    loader = DataLoader(_DATA, batch_size=8, shuffle=True, seed=4, transform=flip)
+    next(iter(loader))
+    before = copy.deepcopy(flip.state_dict())
+    assert before != saved_loader.state_dict()["transform"]
+    with pytest.raises(CheckpointError, match=r"random-generator state \('rng'\)"):
+        tinynet.load_into(path, run.model, run.opt, loader=loader)
+    assert flip.state_dict() == before
+    assert flip.seed == 12
+
+
 @pytest.mark.parametrize("fail", ["rng", "optimizer"])
 def test_a_load_that_fails_part_way_is_undone(good, monkeypatch, fail):
     """Should a load fail after the checks (it cannot, today), what was loaded is put back."""
