@@ -7,9 +7,9 @@ A checkpoint is what you need to continue training later exactly where you stopp
 * where training was: the epoch, the DataLoader's position and shuffling generator, a learning-rate
   schedule's state, tinynet's random generator (:func:`tinynet.backend.get_rng_state`).
 
-The file format is plain NumPy ``.npz`` (a zip of ``.npy`` arrays) **without pickle**: loading
-uses ``np.load(path, allow_pickle=False)``, so opening a checkpoint can never run code hidden in
-it. Inside the zip:
+The file format is plain NumPy ``.npz`` (a zip of ``.npy`` arrays) **without pickle**: each
+entry is read with ``numpy.lib.format.read_array(..., allow_pickle=False)``, so opening a
+checkpoint can never run code hidden in it. Inside the zip:
 
 * ``model/<key>``: the weights, e.g. ``model/0.weight`` (host NumPy arrays, PyTorch's key names);
 * ``optimizer/<index>/<name>``: the optimizer's per-parameter arrays, e.g.
@@ -21,6 +21,12 @@ it. Inside the zip:
 Writing is atomic: the file is written to a temporary file in the same folder, flushed to disk
 (``fsync``) and then renamed over the old checkpoint with ``os.replace``. A crash, a full disk or a
 Ctrl-C in the middle leaves the previous checkpoint as it was (and no temporary file behind).
+
+Reading is all or nothing: the whole file is read and checked (every entry to its last byte, so
+the zip's CRC-32 checksums catch a flipped byte), then checked against the model, optimizer,
+scheduler and loader it goes into (keys, shapes, dtypes, number of parameters); only then is
+anything written into them. Every way a file can be unreadable or not fit ends in one
+:class:`CheckpointError` that names the file, says what is wrong and what to do.
 
 Example::
 
@@ -245,13 +251,12 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 def _not_found(path: Path) -> CheckpointError:
     problem = "there is no such file"
     folder = path.parent
-    if folder.is_dir():
-        others = sorted(p.name for p in folder.glob("*.npz"))
-        problem += (f"; {folder} holds {', '.join(others[:8])}" + (" ..." if len(others) > 8
-                                                                     else "")
-                    if others else f"; {folder} holds no .npz file")
-    else:
+    if not folder.is_dir():
         problem += f" (the folder {folder} does not exist either)"
+    else:
+        others = sorted(p.name for p in folder.glob("*.npz"))
+        shown = ", ".join(others[:8]) + (" ..." if len(others) > 8 else "")
+        problem += f"; {folder} holds {shown}" if others else f"; {folder} holds no .npz file"
     return _error(path, problem, "check the path (a typo? another run's out_dir?); to start "
                   "training afresh, run it without --resume", CheckpointNotFoundError)
 
