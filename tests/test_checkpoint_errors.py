@@ -465,6 +465,10 @@ def test_required_entries_are_checked_first(good):
         tinynet.load_into(good, run.model, run.opt, scheduler=run.sched, loader=run.loader,
                           require=("epochs_completed", "history"))
     _assert_good_message(info, good, r"no 'history' entry, which resuming needs")
+    assert "pass start_epoch to fit" in str(info.value)
+    run.assert_unchanged(before)
+    with pytest.raises(CheckpointError, match=r"no 'history', 'seconds' entries, which resuming"):
+        tinynet.load_into(good, run.model, require=("history", "seconds"))
     run.assert_unchanged(before)
 
 

@@ -233,6 +233,12 @@ _ADVICE_MISMATCH = (
     "otherwise use the previous checkpoint, or re-run training with --resume from an earlier "
     "checkpoint file"
 )
+_ADVICE_REQUIRED = (
+    "check that this is the file you meant (fit writes out_dir/last.npz); to continue from a "
+    "checkpoint saved by hand, load it with tinynet.load_into and pass start_epoch to fit; "
+    "otherwise use the previous checkpoint, or re-run training with --resume from an earlier "
+    "checkpoint file"
+)
 _UNCHANGED = "Nothing was loaded: the model, optimizer, scheduler and loader are as they were."
 
 
@@ -616,9 +622,10 @@ def _restore(path: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any
     problems = []
     missing = [key for key in require if key not in ckpt]
     if missing:
-        problems.append(f"it has no {', '.join(map(repr, missing))} entry, which resuming needs "
-                        f"(tinynet.train.fit writes it into out_dir/last.npz; a tinynet.save by "
-                        f"hand has only what was passed to it)")
+        entries = "entry" if len(missing) == 1 else "entries"
+        problems.append(f"it has no {', '.join(map(repr, missing))} {entries}, which resuming "
+                        f"needs (tinynet.train.fit writes them into out_dir/last.npz; a "
+                        f"tinynet.save by hand has only what was passed to it)")
     if model is not None:
         problems += _model_problems(ckpt["model"], model)
     if optimizer is not None:
@@ -634,8 +641,9 @@ def _restore(path: str | os.PathLike, model: Any, optimizer: Any, scheduler: Any
     if use_rng:
         problems += _rng_problems(ckpt["rng"])
     if problems:
+        advice = _ADVICE_MISMATCH if len(problems) > bool(missing) else _ADVICE_REQUIRED
         raise _error(path, "it does not fit what it is loaded into:\n  - "
-                     + "\n  - ".join(problems), _ADVICE_MISMATCH)
+                     + "\n  - ".join(problems), advice)
 
     # Everything fits: load. Should a load still fail, what was already loaded is undone.
     undo: list[Callable[[], Any]] = []
