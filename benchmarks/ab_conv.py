@@ -5,17 +5,15 @@ worth 10% cannot be seen by timing "before" and "after" one after the other. Thi
 between the two ways inside one process, round after round, and reports the median of the rounds:
 
 * ``step``: training steps of the course network on real Fashion-MNIST batches (forward, loss,
-  backward, SGD, as ``fit`` does), conv2 by rows vs by im2col (``conv._ROWS_MAX_WIDTH``), at each
-  batch size.
-* ``fuse``: the same training steps with each ReLU (and a max pooling after a convolution's ReLU)
-  run inside the layer before it vs every module alone (``model.fuse_relu``); ``fuse-eval``: the
+  backward, SGD, as ``fit`` does: the fused model), conv2 by rows vs by im2col
+  (``tinynet.fast.conv._ROWS_MAX_WIDTH``), at each batch size.
+* ``fuse``: the same training steps on the fused model (``tinynet.fuse``: Conv2d+ReLU+MaxPool2d
+  and Linear+ReLU as one call each) vs the plain model (every module alone); ``fuse-eval``: the
   course network on 1000 images under ``no_grad``, the same two ways.
-* ``defer``: the same training steps with conv2's dW and db on a worker thread while backward goes
-  on vs inside conv2's backward call (``model.defer_weight_grads``).
-* ``conv2-eval``: conv2 (6->12, 5x5) on 1000 images of 12x12 inside ``no_grad`` (a forward
-  alone, as in evaluation), by rows vs by im2col (``conv._ROWS_IN_EVAL``).
+* ``engine``: the same training steps on the plain model with the fast engine vs with the
+  reference kernels alone (``tinynet.use_reference()``): what the fast engine buys.
 * ``conv1-dw``: the backward pass of conv1 (1->6, 5x5, batch 64, no dL/dx) with dW as a stack of
-  per-image products vs one product (``conv._FEW_ROWS``).
+  per-image products vs one product (``tinynet.fast.conv._FEW_ROWS``).
 
     python benchmarks/ab_conv.py                 # all cases, 2 threads, 8 rounds
     python benchmarks/ab_conv.py --quick         # smoke test
@@ -49,26 +47,34 @@ def _alternate(ways: dict, rounds: int, run_once) -> dict:
             for name, t in times.items()}
 
 
-# the switches of the training-step cases: (way A, way B, how to set a way on the model)
+# the switches of the training-step cases: (way A, way B, pick(a) -> the model to run that way)
 def _switch(what: str, model: Any) -> tuple:
-    from tinynet.functional import conv
+    import tinynet
+    from tinynet.fast import conv
 
+    fused = tinynet.fuse(model)
+    default = conv._ROWS_MAX_WIDTH
     if what == "step":
-        default = conv._ROWS_MAX_WIDTH
-        return "conv2 by rows", "conv2 by im2col", lambda a: setattr(
-            conv, "_ROWS_MAX_WIDTH", default if a else 0)
+        def pick(a: bool) -> Any:
+            conv._ROWS_MAX_WIDTH = default if a else 0
+            return fused
+
+        return "conv2 by rows", "conv2 by im2col", pick
     if what == "fuse":
-        return "ReLU, pool inside the layer", "every module alone", lambda a: setattr(
-            model, "fuse_relu", a)
-    return "conv2 dW on a worker", "dW inside backward", lambda a: setattr(
-        model, "defer_weight_grads", a)
+        return "fused model", "plain model", lambda a: fused if a else model
+
+    def pick_engine(a: bool) -> Any:
+        tinynet.kernels.set_mode("fast" if a else "reference")
+        return model
+
+    return "fast engine", "reference kernels", pick_engine
 
 
 def ab_steps(what: str, batch_size: int, steps: int, rounds: int, sample: bool,
              seed: int) -> dict:
     import tinynet
     from tinynet import nn
-    from tinynet.functional import conv
+    from tinynet.fast import conv
     from tinynet.models import course_cnn
 
     xtr, ytr = C.load_fashion_mnist(True, sample)
@@ -79,10 +85,10 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, sample: bool,
     order = np.random.default_rng(seed).permutation(len(ytr))
     position = [0]
 
-    way_a, way_b, use = _switch(what, model)
+    way_a, way_b, pick = _switch(what, model)
 
     def run_once(a: bool) -> float:
-        use(a)
+        net = pick(a)
         t0 = 0.0
         for k in range(steps + 3):  # 3 untimed steps after each switch
             if k == 3:
@@ -90,9 +96,9 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, sample: bool,
             start = position[0] % (len(ytr) - batch_size)
             position[0] += batch_size
             idx = order[start : start + batch_size]
-            loss_fn(model(C.normalise(xtr[idx])), ytr[idx])
+            loss_fn(net(C.normalise(xtr[idx])), ytr[idx])
             opt.zero_grad()
-            model.backward(loss_fn.backward(), input_grad=False)
+            net.backward(loss_fn.backward(), input_grad=False)
             opt.step()
         return (time.perf_counter() - t0) / steps
 
@@ -101,10 +107,11 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, sample: bool,
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
         conv._ROWS_MAX_WIDTH = default
+        tinynet.kernels.set_mode("fast")
 
 
 def ab_kernel(what: str, calls: int, rounds: int, seed: int) -> dict:
-    from tinynet.functional import conv
+    from tinynet.fast import conv
 
     rng = np.random.default_rng(seed)
     if what == "fuse-eval":
@@ -114,39 +121,27 @@ def ab_kernel(what: str, calls: int, rounds: int, seed: int) -> dict:
         x = rng.standard_normal((1000, 1, 28, 28)).astype(np.float32)
         model = course_cnn()
         model.eval()
+        fused = tinynet.fuse(model)
 
-        def run(fused: bool) -> float:
-            model.fuse_relu = fused
+        def run(net: Any) -> float:
             with tinynet.no_grad():
-                model(x)
+                net(x)
                 t0 = time.perf_counter()
                 for _ in range(calls):
-                    model(x)
+                    net(x)
             return (time.perf_counter() - t0) / calls
 
-        return _alternate({"ReLU, pool inside the layer": True, "every module alone": False},
-                          rounds, run)
-    if what == "conv2-eval":
-        import tinynet
+        return _alternate({"fused model": fused, "plain model": model}, rounds, run)
+    # conv1-dw
+    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((6, 1, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    dy = rng.standard_normal((64, 6, 24, 24)).astype(np.float32)
+    attr, ways = "_FEW_ROWS", {"dW per image": 1 << 30, "dW one product": 0}
+    cache = conv.conv2d_forward(x, w, b)[1]
 
-        x = rng.standard_normal((1000, 6, 12, 12)).astype(np.float32)
-        w = rng.standard_normal((12, 6, 5, 5)).astype(np.float32)
-        b = rng.standard_normal(12).astype(np.float32)
-        attr, ways = "_ROWS_IN_EVAL", {"by rows": True, "by im2col": False}
-
-        def work() -> None:
-            with tinynet.no_grad():
-                conv.conv2d_forward(x, w, b)
-    else:  # conv1-dw
-        x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
-        w = rng.standard_normal((6, 1, 5, 5)).astype(np.float32)
-        b = rng.standard_normal(6).astype(np.float32)
-        dy = rng.standard_normal((64, 6, 24, 24)).astype(np.float32)
-        attr, ways = "_FEW_ROWS", {"dW per image": 1 << 30, "dW one product": 0}
-        cache = conv.conv2d_forward(x, w, b)[1]
-
-        def work() -> None:
-            conv.conv2d_backward(dy, cache, input_grad=False)
+    def work() -> None:
+        conv.conv2d_backward(dy, cache, input_grad=False)
 
     default = getattr(conv, attr)
 
@@ -167,8 +162,8 @@ def ab_kernel(what: str, calls: int, rounds: int, seed: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--what", nargs="+",
-                   default=["step", "fuse", "defer", "conv2-eval", "fuse-eval", "conv1-dw"],
-                   choices=["step", "fuse", "defer", "conv2-eval", "fuse-eval", "conv1-dw"])
+                   default=["step", "fuse", "engine", "fuse-eval", "conv1-dw"],
+                   choices=["step", "fuse", "engine", "fuse-eval", "conv1-dw"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--threads", type=int, default=2,
@@ -185,7 +180,7 @@ def main(argv=None) -> int:
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
     results, rows = [], []
     for what in args.what:
-        stepping = what in ("step", "fuse", "defer")
+        stepping = what in ("step", "fuse", "engine")
         name = "training step" if what == "step" else f"{what}: training step"
         cases = [(bs, f"{name}, batch {bs}") for bs in args.batch_sizes] \
             if stepping else [(None, what)]

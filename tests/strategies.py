@@ -369,3 +369,25 @@ def adaptive_pool_cases(draw, max_batch=2, max_c=3, max_hw=7):
     h, w = draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw))
     out = (draw(st.integers(1, h)), draw(st.integers(1, w)))
     return (draw(st.integers(1, max_batch)), draw(st.integers(1, max_c)), h, w), out
+
+
+# -- geometries for the kernel-level tests (tests/test_reference_kernels.py, test_fast_engine.py)
+@st.composite
+def conv_geometry(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 9))
+    W = draw(st.integers(max(1, kw - 2 * pw), 9))
+    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    return (n, c, H, W), (f, c, kh, kw), (sh, sw), (ph, pw), draw(st.booleans())
+
+
+@st.composite
+def pool_geometry(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 9))
+    W = draw(st.integers(max(1, kw - 2 * pw), 9))
+    return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W), (kh, kw), (sh, sw), (ph, pw)

@@ -1,5 +1,6 @@
 """The backend: device names, the 'cuda' error messages, seeding, the wrappers where NumPy and
-CuPy differ, and the fused kernels checked against their generic versions.
+CuPy differ, and the fast engine's CUDA kernels (tinynet/fast/cuda.py) checked against the
+reference kernels.
 
 Runs everywhere. What needs a real GPU lives in tests/test_devices.py (skipped without one);
 here the fused CUDA kernels' C bodies are checked on the CPU by compiling them with the C compiler.
@@ -20,6 +21,8 @@ import pytest
 import tinynet
 import tinynet.functional as F
 from tinynet import backend as B
+from tinynet.fast import cuda
+from tinynet.optim.sgd import sgd_update
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def test_synchronize_is_a_noop_on_cpu():
 
 
 # ----------------------------------------------------------------------------------------------
-# Fused kernels: the backend methods equal their generic versions and the hand-written math
+# The reference SGD rule and max-pool routing against the hand-written math
 # ----------------------------------------------------------------------------------------------
 SGD_SETTINGS = [
     dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
@@ -232,10 +235,9 @@ def test_sgd_update_matches_the_formula(settings, dtype):
     w0 = rng.standard_normal((3, 4)).astype(dtype)
     grads = [rng.standard_normal((3, 4)).astype(dtype) for _ in range(3)]
     w, buf = w0.copy(), None
-    backend = B.get_backend("cpu")
     for g in grads:
         g_before = g.copy()
-        buf = backend.sgd_update(w, g, buf, lr=0.1, **settings)
+        buf = sgd_update(w, g, buf, lr=0.1, **settings)
         np.testing.assert_array_equal(g, g_before)  # the gradient is not modified
         assert w.dtype == dtype and (buf is None or buf.dtype == dtype)
     assert (buf is None) == (settings["momentum"] == 0)
@@ -245,7 +247,7 @@ def test_sgd_update_matches_the_formula(settings, dtype):
 
 @pytest.mark.parametrize("settings", SGD_SETTINGS)
 def test_sgd_update_equals_optim_sgd(settings):
-    """The backend method is exactly what tinynet.optim.SGD.step computes."""
+    """The reference update rule is exactly what tinynet.optim.SGD.step computes."""
     tinynet.manual_seed(0)
     layer = tinynet.nn.Linear(4, 3)
     w, b = layer.weight.data.copy(), layer.bias.data.copy()
@@ -256,8 +258,8 @@ def test_sgd_update_equals_optim_sgd(settings):
         gw, gb = (rng.standard_normal(a.shape).astype(np.float32) for a in (w, b))
         layer.weight.grad, layer.bias.grad = gw.copy(), gb.copy()
         opt.step()
-        bufs[0] = B.get_backend("cpu").sgd_update(w, gw, bufs[0], 0.05, **settings)
-        bufs[1] = B.get_backend("cpu").sgd_update(b, gb, bufs[1], 0.05, **settings)
+        bufs[0] = sgd_update(w, gw, bufs[0], 0.05, **settings)
+        bufs[1] = sgd_update(b, gb, bufs[1], 0.05, **settings)
     np.testing.assert_array_equal(layer.weight.data, w)
     np.testing.assert_array_equal(layer.bias.data, b)
 
@@ -272,12 +274,12 @@ POOL_CASES = [  # kernel, stride, padding, (H, W)
 
 @pytest.mark.parametrize("kernel, stride, padding, hw", POOL_CASES)
 def test_maxpool2d_route_matches_a_scatter(kernel, stride, padding, hw):
-    """Routing by strided slices equals the obvious scatter ``dx[winner] += dy``."""
+    """The reference routing by strided slices equals the obvious scatter ``dx[winner] += dy``."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3) + hw)
     y, cache = F.maxpool2d_forward(x, kernel, stride, padding)
     dy = rng.standard_normal(y.shape)
-    dx = B.get_backend("cpu").maxpool2d_route(dy, cache.argmax, x.shape, kernel, stride, padding)
+    dx = F.maxpool2d_backward(dy, cache)
     # reference: find each window's winner in the padded input, scatter with np.add.at
     (_, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     n, c, i, j = np.indices(y.shape)
@@ -286,7 +288,6 @@ def test_maxpool2d_route_matches_a_scatter(kernel, stride, padding, hw):
     expected = np.zeros_like(x)
     np.add.at(expected, (n, c, rows, cols), dy)
     np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(dx, F.maxpool2d_backward(dy, cache))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +299,7 @@ _C_TYPES = {"T": "double", "float64": "double", "int64": "long long", "int32": "
 def _c_function(name: str) -> tuple[str, list[tuple[str, str, bool]]]:
     """Wrap an ElementwiseKernel body in a C loop over i: raw params are pointers, per-element
     params are read from / written back to pointer[i], scalars are values."""
-    in_params, out_params, body = B._KERNEL_SOURCES[name]
+    in_params, out_params, body = cuda._KERNEL_SOURCES[name]
     params, pre, post = [], [], []
     specs = []
     for spec, is_out in [(p, False) for p in in_params.split(",")] + [
@@ -332,7 +333,7 @@ def c_kernels(tmp_path_factory):
         pytest.skip("no C compiler to check the CUDA kernel bodies on the CPU")
     src = "#include <stddef.h>\n#define min(a, b) ((a) < (b) ? (a) : (b))\ntypedef double T;\n"
     specs = {}
-    for name in B._KERNEL_SOURCES:
+    for name in cuda._KERNEL_SOURCES:
         body, specs[name] = _c_function(name)
         src += body
     folder = tmp_path_factory.mktemp("kernels")
@@ -377,7 +378,7 @@ def test_c_kernel_maxpool_route(c_kernels):
         out = np.empty_like(x)
         c_kernels("maxpool_route", dy, np.ascontiguousarray(cache.argmax, dtype=np.int64), H, W,
                   *geometry, out, size=out.size)
-        expected = B.maxpool2d_route_generic(dy, cache.argmax, x.shape, kernel, stride, padding)
+        expected = F.maxpool2d_backward(dy, cache)  # the reference
         np.testing.assert_array_equal(out, expected)  # same terms added in the same order
         checked += 1
     assert checked > 50
@@ -391,7 +392,7 @@ def test_c_kernel_sgd(c_kernels, settings):
     w_ref, buf_ref = w0.copy(), None
     w, buf = w0.copy(), np.empty(50)
     for t, g in enumerate(grads):
-        buf_ref = B.sgd_update_generic(w_ref, g, buf_ref, 0.1, **settings)
+        buf_ref = sgd_update(w_ref, g, buf_ref, 0.1, **settings)
         if settings["momentum"] == 0:
             c_kernels("sgd", g, 0.1, settings["weight_decay"], w, size=50)
         else:

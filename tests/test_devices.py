@@ -26,6 +26,7 @@ import tinynet
 import tinynet.functional as F
 import tinynet.nn as nn
 from tinynet import backend as B
+from tinynet import kernels
 from tinynet.models import course_cnn
 
 CUDA_OK, CUDA_WHY = B.cuda_status()
@@ -49,9 +50,8 @@ def simulated_cuda():
         "_strict_xp", pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"))
     strict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(strict)
-    B._backends["cuda"] = strict.StrictBackend("cuda", strict.SimulatedCudaArray)
-    yield
-    B._backends.pop("cuda", None)
+    with strict.simulated_cuda_device():  # (it runs the reference kernels)
+        yield
 
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -321,14 +321,11 @@ def test_gradcheck_loss_and_functional_pair_on_gpu():
 
 
 # ----------------------------------------------------------------------------------------------
-# Fused CUDA kernels == their generic versions (on the GPU, and against the CPU)
+# The fast engine's CUDA kernels (tinynet/fast/cuda.py) == the reference kernels, on the GPU
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
 def gpu():
-    backend = B.get_backend("cuda")
-    before = backend.fused
-    yield backend
-    backend.fused = before
+    return B.get_backend("cuda")
 
 
 @requires_cupy
@@ -338,26 +335,29 @@ def gpu():
     dict(momentum=0.9), dict(momentum=0.9, dampening=0.1, weight_decay=0.01),
     dict(momentum=0.9, weight_decay=0.01, nesterov=True),
 ])
-def test_fused_sgd_equals_generic(gpu, settings, dtype):
+def test_fused_sgd_equals_the_reference(gpu, settings, dtype):
+    from tinynet.fast import cuda as fast_cuda
+    from tinynet.optim.sgd import sgd_update
+
     rng = np.random.default_rng(0)
     w0 = rng.standard_normal((33, 17)).astype(dtype)
     grads = [rng.standard_normal(w0.shape).astype(dtype) for _ in range(3)]
     results = {}
-    for fused in (True, False):
-        gpu.fused = fused
+    for name, update in (("fused", fast_cuda.sgd_update), ("reference", sgd_update)):
         w, buf = cuda(w0.copy()), None
         for g in grads:
-            buf = gpu.sgd_update(w, cuda(g), buf, 0.1, **settings)
-        results[fused] = (w, buf)
+            buf = update(w, cuda(g), buf, 0.1, **settings)
+        results[name] = (w, buf)
     w_cpu, buf_cpu = w0.copy(), None
     for g in grads:
-        buf_cpu = B.get_backend("cpu").sgd_update(w_cpu, g, buf_cpu, 0.1, **settings)
-    assert_same(results[True][0], host(results[False][0]), dtype, "fused vs generic: w")
-    assert_same(results[True][0], w_cpu, dtype, "fused vs cpu: w")
+        buf_cpu = sgd_update(w_cpu, g, buf_cpu, 0.1, **settings)
+    assert kernels.implementation("sgd_update", "cuda") is fast_cuda.sgd_update
+    assert_same(results["fused"][0], host(results["reference"][0]), dtype, "fused vs ref: w")
+    assert_same(results["fused"][0], w_cpu, dtype, "fused vs cpu: w")
     if settings["momentum"]:
-        assert_same(results[True][1], host(results[False][1]), dtype, "fused vs generic: buf")
+        assert_same(results["fused"][1], host(results["reference"][1]), dtype, "fused vs ref: buf")
     else:
-        assert results[True][1] is None and results[False][1] is None
+        assert results["fused"][1] is None and results["reference"][1] is None
 
 
 POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((3, 2), (2, 1), (1, 0)),
@@ -367,18 +367,16 @@ POOLS = [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((3, 2), (2, 1), (1
 @requires_cupy
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel, stride, padding", POOLS)
-def test_fused_maxpool_route_equals_generic(gpu, kernel, stride, padding, dtype):
+def test_fused_maxpool_route_equals_the_reference(gpu, kernel, stride, padding, dtype):
+    from tinynet.fast import cuda as fast_cuda
+
     x = _distinct((3, 4, 13, 11), dtype)
-    y, cache = F.maxpool2d_forward(cuda(x), kernel, stride, padding)
+    y, cache = fast_cuda.maxpool2d_forward(cuda(x), kernel, stride, padding)
     dy = cuda(_randn(y.shape, dtype, seed=1))
-    geometry = (x.shape, kernel, stride, padding)
-    gpu.fused = True
-    fused = gpu.maxpool2d_route(dy, cache.argmax, *geometry)
-    gpu.fused = False
-    generic = gpu.maxpool2d_route(dy, cache.argmax, *geometry)
-    np.testing.assert_array_equal(host(fused), host(generic))  # same terms, same order
-    gpu.fused = True
-    np.testing.assert_allclose(host(F.maxpool2d_backward(dy, cache)), host(generic), **TOL[dtype])
+    fused = fast_cuda.maxpool2d_backward(dy, cache)
+    reference = F.maxpool2d_backward(dy, cache.pool)
+    np.testing.assert_array_equal(host(fused), host(reference))  # same terms, same order
+    assert kernels.implementation("maxpool2d_forward", "cuda") is fast_cuda.maxpool2d_forward
 
 
 @requires_cuda

@@ -284,21 +284,18 @@ def test_summary_beyond_the_course_modules():
 
 
 @pytest.fixture
-def simulated_cuda(monkeypatch):
+def simulated_cuda():
     """A stand-in 'cuda' device whose arrays raise when NumPy is used on them directly or host
     arrays are mixed in, as CuPy does (see tests/test_no_numpy_in_layers.py)."""
     import importlib.util
     import pathlib
 
-    from tinynet import backend as B
-
     spec = importlib.util.spec_from_file_location(
         "_strict_xp_inspect", pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"))
     strict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(strict)
-    backend = strict.StrictBackend("cuda", strict.SimulatedCudaArray)
-    monkeypatch.setitem(B._backends, "cuda", backend)
-    return "cuda"
+    with strict.simulated_cuda_device() as device:
+        yield device
 
 
 def test_summary_and_trace_on_a_simulated_gpu(simulated_cuda):

@@ -34,11 +34,12 @@ import tinynet
 import tinynet.functional as F
 import tinynet.nn as nn
 from tinynet import backend as B
+from tinynet.optim.sgd import sgd_update
 
 PACKAGE = pathlib.Path(tinynet.__file__).resolve().parent
 
 # Packages whose every module handles device arrays: no NumPy import at all.
-DEVICE_PACKAGES = ("functional", "nn", "optim")
+DEVICE_PACKAGES = ("functional", "nn", "optim", "fast")
 
 # Host-side modules that may import NumPy, with the reason. Everything else must not.
 HOST_MODULES = {
@@ -50,6 +51,7 @@ HOST_MODULES = {
     "data/fashion_mnist.py": "parses the IDX files into host arrays",
     "data/loader.py": "indices, shuffling and the uint8 datasets live on the host",
     "data/__init__.py": "re-exports the data modules",
+    "lab/explain.py": "the worked entries are recomputed and printed from host copies",
 }
 
 
@@ -256,7 +258,6 @@ class StrictBackend(B.Backend):
     def __init__(self, device: str = "cpu", cls: type | None = None) -> None:
         self.array_type = cls or StrictArray
         super().__init__(device, _XpProxy(np, self.array_type))
-        self.fused = False  # the fused kernels need real CuPy
 
     def asarray(self, data, dtype=None):
         if isinstance(data, self.array_type):
@@ -304,11 +305,36 @@ class SimulatedCudaArray(StrictArray):
 SimulatedCudaArray.__module__ = "cupy_simulated_by_tinynet_tests"
 
 
-@pytest.fixture
-def strict(monkeypatch):
-    """Every backend lookup for 'cpu' now returns the strict backend."""
+@contextmanager
+def simulated_cuda_device():
+    """A stand-in 'cuda' device (NumPy arrays that tinynet takes for CuPy's and that raise as CuPy
+    would), with the fast engine's CUDA kernels (which need real CuPy) set aside meanwhile."""
+    from tinynet import kernels
+
+    saved_backend = B._backends.get("cuda")
+    B._backends["cuda"] = StrictBackend("cuda", SimulatedCudaArray)
+    fast_cuda = {key: fn for key, fn in kernels._fast.items() if key[1] == "cuda"}
+    for key in fast_cuda:
+        del kernels._fast[key]
+    try:
+        yield "cuda"
+    finally:
+        kernels._fast.update(fast_cuda)
+        if saved_backend is None:
+            B._backends.pop("cuda", None)
+        else:
+            B._backends["cuda"] = saved_backend
+
+
+@pytest.fixture(params=["fast", "reference"])
+def strict(monkeypatch, request):
+    """Every backend lookup for 'cpu' now returns the strict backend; each test runs with the
+    fast engine's kernels and with the reference kernels alone."""
+    from tinynet import kernels
+
     backend = StrictBackend()
     monkeypatch.setitem(B._backends, "cpu", backend)
+    monkeypatch.setattr(kernels, "_mode", request.param)
     return backend
 
 
@@ -350,9 +376,10 @@ def test_strict_catches_numpy_injected_into_a_real_layer(strict, monkeypatch):
     monkeypatch.setattr(F, "relu_backward", relu_backward_with_numpy)
     x = strict.asarray(np.random.default_rng(0).standard_normal((2, 3)), dtype="float32")
     layer = nn.ReLU()
-    y = layer(x)
-    with pytest.raises(StrictNumpyError, match="numpy.where"):
-        layer.backward(y)
+    with tinynet.use_reference():  # (the fast engine's ReLU would not run the patched kernel)
+        y = layer(x)
+        with pytest.raises(StrictNumpyError, match="numpy.where"):
+            layer.backward(y)
 
 
 # -- every layer, the loss and SGD run clean on the strict device --------------------------------
@@ -432,8 +459,8 @@ def test_backend_kernels_on_the_strict_device(strict):
     rng = np.random.default_rng(2)
     w = strict.asarray(rng.standard_normal(5), "float32")
     g = strict.asarray(rng.standard_normal(5), "float32")
-    buf = strict.sgd_update(w, g, None, 0.1, momentum=0.9, weight_decay=0.1)
-    buf = strict.sgd_update(w, g, buf, 0.1, momentum=0.9, dampening=0.5, nesterov=False)
+    buf = sgd_update(w, g, None, 0.1, momentum=0.9, weight_decay=0.1)
+    buf = sgd_update(w, g, buf, 0.1, momentum=0.9, dampening=0.5, nesterov=False)
     assert isinstance(buf, StrictArray) and isinstance(w, StrictArray)
     target = strict.asarray(np.zeros(3), "float32")
     strict.scatter_add(target, strict.asarray([0, 0, 2]), strict.asarray([1, 2, 3], "float32"))

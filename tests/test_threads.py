@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinynet
-import tinynet.functional as F
-from tinynet import threads
+import tinynet.fast.conv as F  # the fast kernels split their batch over the threads
+from tinynet.fast import threads
 
 
 @pytest.fixture
@@ -209,31 +209,3 @@ def test_an_interrupt_right_after_a_wakeup_loses_no_report(n_threads, monkeypatc
     caller.join(timeout=10)
     assert not caller.is_alive(), "the caller still waits for a report it already took"
     assert outcome == ["interrupted"] and Wakeup.fired
-
-
-def test_start_runs_a_function_on_a_worker_and_hands_back_its_result_or_error(n_threads):
-    n_threads(2)
-    gate = threading.Event()
-
-    def task():
-        gate.wait(5)  # the caller goes on meanwhile
-        return threading.current_thread().name
-
-    later = threads.start(task)
-    assert later is not None
-    # a parallel call meanwhile queues its worker block behind the task, and still completes
-    gate.set()
-    assert threads.for_batch(np, 4, lambda lo, hi: hi - lo) == [2, 2]
-    assert later.result().startswith("tinynet-worker")
-
-    def failing():
-        raise ValueError("in the task")
-
-    with pytest.raises(ValueError, match="in the task"):
-        threads.start(failing).result()
-    assert threads.start(lambda: 7).result() == 7  # the worker survives an error
-    # no worker to hand it to: the caller runs the function itself
-    inside = threads.for_batch(np, 2, lambda lo, hi: threads.start(lambda: 1))
-    assert inside == [None, None]
-    n_threads(1)
-    assert threads.start(lambda: 1) is None

@@ -2,19 +2,22 @@
 
 Every layer's forward and backward pass is written by hand against an array module that is NumPy
 on the CPU and CuPy on a GPU. Start with ``tinynet.nn`` (layers and operations),
-``tinynet.functional`` (their math), ``tinynet.optim`` (SGD) and ``tinynet.gradcheck``.
+``tinynet.functional`` (their math: the reference kernels), ``tinynet.optim`` (SGD) and
+``tinynet.gradcheck``. ``tinynet.kernels`` chooses between the reference kernels and the fast
+engine's twins (``tinynet.fast``); ``tinynet.use_reference()`` runs only the reference.
 """
 
 from . import (  # noqa: E402  (training: fit/evaluate, checkpoints)
     backend,
     checkpoint,
     data,
+    fast,  # (registers the fast engine's kernels with the dispatcher)
     functional,
     inspect,  # noqa: E402  (summary and trace: tinynet.inspect, not the stdlib's)
+    kernels,
     models,
     nn,
     optim,
-    threads,
     train,
 )
 from .backend import (
@@ -31,9 +34,11 @@ from .backend import (
     to_numpy,
 )
 from .checkpoint import load, load_into, save  # noqa: E402
+from .fast import fuse
+from .fast.threads import get_num_threads, set_num_threads
 from .gradcheck import GradcheckError, gradcheck
 from .inspect import summary  # noqa: E402
-from .threads import get_num_threads, set_num_threads
+from .kernels import use_reference
 
 __version__ = "0.1.0"
 
@@ -58,7 +63,10 @@ __all__ = [
     "gradcheck",
     "inspect",
     "summary",
-    "threads",
+    "fast",
+    "fuse",
+    "kernels",
+    "use_reference",
     "get_num_threads",
     "set_num_threads",
     "checkpoint",

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from .. import backend as B
 from .._utils import pair
-from ..functional.conv import pad2d, window_view
+from ..functional._geometry import pad2d, window_view
 
 
 class _RandomTransform:
@@ -117,7 +117,7 @@ class RandomCrop(_RandomTransform):
         (N, C, H, W) -> (N, C, size[0], size[1]), same dtype and device.
 
     How (vectorised): the padded batch's windows of the output size are a strided view
-    (N, H_pad - h + 1, W_pad - w + 1, C, h, w) (no copy); picking window (top[n], left[n]) for each
+    (N, C, H_pad - h + 1, W_pad - w + 1, h, w) (no copy); picking window (top[n], left[n]) for each
     image n is one fancy-indexing gather.
     """
 
@@ -141,7 +141,7 @@ class RandomCrop(_RandomTransform):
             raise ValueError(f"RandomCrop: the crop {h}x{w} is larger than the padded image "
                              f"{hp}x{wp} (image {H}x{W}, padding {ph},{pw})")
         x_pad = xp.ascontiguousarray(pad2d(x, (ph, pw), value=self.fill))
-        # every h x w window of every padded image, as a view (N, rows, cols, C, h, w)
+        # every h x w window of every padded image, as a view (N, C, rows, cols, h, w)
         rows, cols = hp - h + 1, wp - w + 1
         windows = window_view(x_pad, (h, w), (1, 1), (rows, cols))
         # a random top-left corner per image: floor(u * count), u ~ U[0, 1)
@@ -149,7 +149,7 @@ class RandomCrop(_RandomTransform):
         top = xp.minimum((u[:N] * rows).astype(xp.int64), rows - 1)
         left = xp.minimum((u[N:] * cols).astype(xp.int64), cols - 1)
         # the gather: image n takes its window (top[n], left[n]) -> (N, C, h, w)
-        return windows[xp.arange(N), top, left]
+        return windows[xp.arange(N), :, top, left]
 
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, padding={self.padding}, fill={self.fill})"

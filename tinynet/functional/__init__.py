@@ -1,8 +1,11 @@
-"""Pure forward/backward pairs: arrays in, arrays out, no state.
+"""The reference kernels: pure forward/backward pairs, arrays in, arrays out, no state.
 
 Each operation comes as a pair named alike: ``*_forward(...) -> (y, cache)`` and
-``*_backward(dy, cache) -> gradients``. The modules in :mod:`tinynet.nn` own the weights and call
-these; a learner can read one file here to see one operation's whole math.
+``*_backward(dy, cache) -> gradients``, side by side in one file per operation, written as short
+textbook code against the backend's ``xp`` (so it runs on NumPy and CuPy alike). The modules in
+:mod:`tinynet.nn` own the weights and call these through :mod:`tinynet.kernels`, which runs this
+code or, where it has one, the fast engine's twin (:mod:`tinynet.fast`), tested equal to it.
+Under ``tinynet.use_reference()`` (or ``TINYNET_KERNELS=reference``) exactly this code runs.
 """
 
 from .activation import relu_backward, relu_forward
@@ -13,7 +16,7 @@ from .avgpool import (
     avgpool2d_forward,
 )
 from .batchnorm import batchnorm_backward, batchnorm_forward
-from .conv import conv2d_backward, conv2d_backward_parts, conv2d_forward
+from .conv import conv2d_backward, conv2d_forward
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
@@ -24,7 +27,6 @@ __all__ = [
     # the course network
     "conv2d_forward",
     "conv2d_backward",
-    "conv2d_backward_parts",
     "linear_forward",
     "linear_backward",
     "relu_forward",

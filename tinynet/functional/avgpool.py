@@ -30,8 +30,7 @@ from typing import Any, NamedTuple
 
 from .._utils import pair
 from ..backend import backend_of
-from .conv import pad2d
-from .pooling import offset_slice, pool_geometry
+from ._geometry import offset_slice, pad2d, window_geometry
 
 
 class AvgPoolCache(NamedTuple):
@@ -60,7 +59,7 @@ def avgpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     Backward: see :func:`avgpool2d_backward`.
     """
     xp = backend_of(x).xp
-    kernel, stride, padding, (ho, wo) = pool_geometry(x.shape, kernel_size, stride, padding)
+    kernel, stride, padding, (ho, wo) = window_geometry(x.shape, kernel_size, stride, padding)
     N, C, H, W = x.shape
     kh, kw = kernel
     x_pad = pad2d(x, padding)

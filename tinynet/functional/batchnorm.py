@@ -1,4 +1,4 @@
-"""Batch normalisation: forward and backward by hand.
+"""Batch normalisation: forward and backward by hand (the reference kernel).
 
 For each channel c, over the M = N * (spatial size) values of that channel in the batch:
 
@@ -6,14 +6,13 @@ For each channel c, over the M = N * (spatial size) values of that channel in th
     xhat   = (x - mean_c) / sqrt(var_c + eps)
     y      = gamma_c * xhat + beta_c
 
-In training mode the batch's own mean and variance normalise; the running averages are updated
-(PyTorch's convention, with the UNBIASED variance var_c * M / (M - 1) for ``running_var``):
+In training mode the batch's own mean and variance normalise, and the running averages are
+updated (PyTorch's convention, with the UNBIASED variance var_c * M / (M - 1) for ``running_var``):
 
     running_mean = (1 - momentum) * running_mean + momentum * mean_c
     running_var  = (1 - momentum) * running_var  + momentum * var_c * M / (M - 1)
 
-In evaluation mode the running averages normalise instead (the output of one image then no longer
-depends on the other images of the batch).
+In evaluation mode the running averages normalise instead.
 
 Shapes:
     x: (N, C), (N, C, L) or (N, C, H, W) -> y: the same shape.  gamma, beta, running stats: (C,).
@@ -21,72 +20,31 @@ Shapes:
 
 Backward (training mode), with dxhat = dy * gamma and sums over the M values of a channel:
     dbeta  = sum dy                    dgamma = sum dy * xhat
-    dx     = (1/M) * inv_std * (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
-           = (gamma * inv_std / M) * (M * dy - dbeta - xhat * dgamma)
+    dx     = (inv_std / M) * (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
     (the mean and the variance depend on every x of the channel: that gives the two sums.)
-Backward (evaluation mode): the statistics are constants, so dx = dy * gamma * inv_std.
+Backward (evaluation mode): the statistics are constants, so dx = dxhat * inv_std.
 
-Speed (each pass over a big activation costs about as much as copying it, so count passes):
-    * The cache keeps xc = x - mean, not xhat = xc * inv_std: xhat is never written. Every formula
-      takes xhat = xc * inv_std with inv_std folded into a per-channel (C,) factor:
-          y  = xc * scale + beta                      with scale = gamma * inv_std
-          dgamma = inv_std * sum dy * xc
-          dx = scale * dy - (scale * inv_std * dgamma / M) * xc - scale * dbeta / M
-      Forward: 3 writes (xc, y, y + beta); backward: 4 (the three terms of dx and their sum).
-    * The sums over a channel are matrix products: (N, C, S) @ ones(S) for sum x, and
-      sum xc * xc, sum dy * xc as one einsum each, which multiplies and adds in one pass
-      without writing the products anywhere.
-    * xc, y and dx live in recycled buffers (``_recycle.scratch``): no page faults.
+The fast engine's version (``tinynet/fast/batchnorm.py``) counts passes over memory; it is tested
+equal to this one.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..backend import backend_of, is_grad_enabled
-from ._recycle import scratch
-
 
 class BatchNormCache(NamedTuple):
-    """What batchnorm_backward needs: the centred input and the per-channel scale."""
+    """What batchnorm_backward needs."""
 
-    xc: Any  # x - mean, the shape of x (xhat = xc * inv_std is never written out)
+    xhat: Any  # the normalised input, the shape of x
     inv_std: Any  # 1 / sqrt(var + eps), shape (C,)
     gamma: Any  # (C,) or None (affine=False)
     batch_stats: bool  # the batch's statistics (True) or the running ones (False) normalised x
 
 
-def _channel_view(a: Any, ndim: int) -> Any:
+def per_channel(a: Any, ndim: int) -> Any:
     """A (C,) vector shaped (1, C, 1, ...) so that it broadcasts along axis 1 of an ndim array."""
     return a.reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def channel_sum(a: Any) -> Any:
-    """Sum over every axis but the channels, (N, C, ...) -> (C,).
-
-    For (N, C, S...) the spatial sum is a matrix product with a vector of ones, (N, C, S) @ (S,):
-    BLAS runs it along memory, several times faster than a reduction over axes (0, 2, 3).
-    """
-    if a.ndim == 2:
-        return a.sum(axis=0)
-    a3 = a.reshape(a.shape[0], a.shape[1], -1)
-    ones = backend_of(a).xp.ones(a3.shape[2], dtype=a.dtype)
-    return (a3 @ ones).sum(axis=0)
-
-
-def channel_dot(a: Any, b: Any) -> Any:
-    """``sum a * b`` over every axis but the channels, (N, C, ...) x2 -> (C,), in one pass."""
-    xp = backend_of(a).xp
-    if a.ndim == 2:
-        return xp.einsum("nc,nc->c", a, b)
-    return xp.einsum("ncs,ncs->c", a.reshape(a.shape[0], a.shape[1], -1),
-                     b.reshape(b.shape[0], b.shape[1], -1))
-
-
-def _centred(x: Any, mean: Any) -> Any:
-    """``x - mean`` per channel, written into a recycled buffer."""
-    xp = backend_of(x).xp
-    return xp.subtract(x, _channel_view(mean, x.ndim), out=scratch(xp, "bn.xc", x.shape, x.dtype))
 
 
 def values_per_channel(shape: tuple) -> int:
@@ -97,106 +55,63 @@ def values_per_channel(shape: tuple) -> int:
     return int(m)
 
 
+def check_batch_statistics(shape: tuple) -> int:
+    """M for batch statistics; a ValueError when M = 1 (a variance of one number)."""
+    m = values_per_channel(shape)
+    if m <= 1:
+        raise ValueError(
+            f"BatchNorm: expected more than 1 value per channel when training, got input of "
+            f"shape {tuple(shape)} (M = N * spatial size = {m}). Use a batch of 2 or more, "
+            "or call model.eval() to normalise with the running statistics"
+        )
+    return m
+
+
 def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean: Any = None,
                       running_var: Any = None, training: bool = True, momentum: float = 0.1,
                       eps: float = 1e-5):
-    """Normalise each channel, then scale and shift it: ``y = gamma * (x - mean) / sqrt(var + eps)
-    + beta``.
+    """Normalise each channel, then scale and shift it: ``y = gamma * xhat + beta``.
 
     Args:
-        x: (N, C), (N, C, L) or (N, C, H, W).
-        gamma, beta: (C,) scale and shift, or None (no affine transform: gamma = 1, beta = 0).
-        running_mean, running_var: (C,) running averages or None. In training mode they are
-            UPDATED IN PLACE (see the module docstring); in evaluation mode they normalise x.
-        training: normalise with the batch's statistics (True) or the running ones (False).
-            Evaluation without running statistics (None) uses the batch's, as PyTorch does.
-        momentum: weight of the new batch in the running averages (a Python float).
-        eps: added to the variance before the square root (keeps constant channels finite).
+        x: (N, C), (N, C, L) or (N, C, H, W). gamma, beta: (C,) or None (no affine transform).
+        running_mean, running_var: (C,) or None; UPDATED IN PLACE in training mode, used to
+            normalise in evaluation mode (without them evaluation uses the batch's, as PyTorch).
+        training: the batch's statistics (True) or the running ones (False).
+        momentum: weight of the new batch in the running averages. eps: added to the variance.
 
     Returns:
         ``(y, cache)``, y of the shape of x.
-
-    Raises:
-        ValueError: batch statistics with M = 1 value per channel (a variance of one number).
     """
-    xp = backend_of(x).xp
-    nd = x.ndim
+    axes = (0,) + tuple(range(2, x.ndim))  # every axis but the channels
     use_batch = training or running_mean is None
-    eps = float(eps)
-    xc = None
     if use_batch:
-        m = values_per_channel(x.shape)
-        if m <= 1:
-            raise ValueError(
-                f"BatchNorm: expected more than 1 value per channel when training, got input of "
-                f"shape {tuple(x.shape)} (M = N * spatial size = {m}). Use a batch of 2 or more, "
-                "or call model.eval() to normalise with the running statistics"
-            )
-        # step 1: the batch statistics of each channel (biased variance normalises)
-        mean = channel_sum(x) / m
-        xc = _centred(x, mean)
-        var = channel_dot(xc, xc) / m
+        m = check_batch_statistics(x.shape)
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
         if training and running_mean is not None:
-            # step 1b: running averages, with the UNBIASED variance (PyTorch's convention)
-            mom = float(momentum)
-            unbiased = var * (m / (m - 1))
-            running_mean *= 1.0 - mom
-            running_mean += mom * mean.astype(running_mean.dtype, copy=False)
-            running_var *= 1.0 - mom
-            running_var += mom * unbiased.astype(running_var.dtype, copy=False)
+            running_mean *= 1.0 - momentum
+            running_mean += momentum * mean.astype(running_mean.dtype)
+            running_var *= 1.0 - momentum
+            running_var += momentum * (var * (m / (m - 1))).astype(running_var.dtype)
     else:
-        mean, var = (running_mean.astype(x.dtype, copy=False),
-                     running_var.astype(x.dtype, copy=False))
-    # step 2 and 3: normalise and scale in one factor per channel,
-    # y = (x - mean) * inv_std * gamma + beta = xc * scale + beta
-    inv_std = 1.0 / xp.sqrt(var + eps)
-    scale = inv_std if gamma is None else gamma * inv_std
-    y = scratch(xp, "bn.y", x.shape, x.dtype)
-    if xc is None and not is_grad_enabled():
-        # evaluation without a backward: y = x * scale + (beta - mean * scale), xc never written
-        shift = -mean * scale if beta is None else beta - mean * scale
-        xp.multiply(x, _channel_view(scale, nd), out=y)
-        y += _channel_view(shift, nd)
-        return y, None
-    if xc is None:
-        xc = _centred(x, mean)
-    xp.multiply(xc, _channel_view(scale, nd), out=y)
-    if beta is not None:
-        y += _channel_view(beta, nd)
-    return y, BatchNormCache(xc, inv_std, gamma, bool(use_batch))
+        mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
+    inv_std = 1.0 / (var + eps) ** 0.5
+    xhat = (x - per_channel(mean, x.ndim)) * per_channel(inv_std, x.ndim)
+    y = xhat if gamma is None else xhat * per_channel(gamma, x.ndim) + per_channel(beta, x.ndim)
+    return y, BatchNormCache(xhat, inv_std, gamma, bool(use_batch))
 
 
 def batchnorm_backward(dy: Any, cache: BatchNormCache):
-    """Gradients of batch normalisation.
-
-    **Backward:**
-        ``dbeta = sum dy``, ``dgamma = sum dy * xhat`` (sums over every axis but the channels);
-        training: ``dx = (gamma * inv_std / M) * (M * dy - dbeta - xhat * dgamma)``;
-        evaluation: ``dx = dy * gamma * inv_std``.
-
-    Args:
-        dy: dL/dy, the shape of x.
-        cache: from :func:`batchnorm_forward`.
-
-    Returns:
-        ``(dx, dgamma, dbeta)``: the shape of x, (C,), (C,) (dgamma, dbeta None without affine).
-    """
-    xc, inv_std, gamma, batch_stats = cache
-    xp = backend_of(dy).xp
-    nd = dy.ndim
-    # dL/dbeta and dL/dgamma: the shift adds dy, the scale multiplies xhat = xc * inv_std
-    dbeta = channel_sum(dy)
-    dgamma = inv_std * channel_dot(dy, xc)
-    scale = inv_std if gamma is None else gamma * inv_std  # (C,): dy -> dxhat -> d(x - mean)
-    dx = xp.multiply(dy, _channel_view(scale, nd), out=scratch(xp, "bn.dx", dy.shape, dy.dtype))
+    """Gradients of batch normalisation: ``(dx, dgamma, dbeta)`` (the last two None without
+    affine). See the module docstring for the formulas."""
+    xhat, inv_std, gamma, batch_stats = cache
+    axes = (0,) + tuple(range(2, dy.ndim))
+    dbeta, dgamma = dy.sum(axis=axes), (dy * xhat).sum(axis=axes)
+    dxhat = dy if gamma is None else dy * per_channel(gamma, dy.ndim)
     if batch_stats:
         m = values_per_channel(dy.shape)
-        # dx = scale * dy - scale/M * (dbeta + xhat * dgamma)
-        #    = scale * dy - (scale * inv_std * dgamma / M) * xc - scale * dbeta / M
-        term = xp.multiply(xc, _channel_view(scale * inv_std * dgamma / m, nd),
-                           out=scratch(xp, "bn.term", dy.shape, dy.dtype))
-        dx -= term
-        dx -= _channel_view(scale * dbeta / m, nd)
+        dxhat = (m * dxhat - dxhat.sum(axis=axes, keepdims=True)
+                 - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True)) / m
+    dx = dxhat * per_channel(inv_std, dy.ndim)
     if gamma is None:
         return dx, None, None
     return dx, dgamma, dbeta

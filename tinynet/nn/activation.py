@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
+from .. import kernels
 from ._checks import check_float_input
 from .module import Module
 
@@ -21,11 +21,11 @@ class ReLU(Module):
 
     def forward(self, x: Any) -> Any:
         check_float_input("ReLU", x)
-        y, mask = F.relu_forward(x)
-        self.save_for_backward((mask, y.dtype))
+        y, mask = kernels.relu_forward(x)
+        self.save_for_backward((mask, y.shape, y.dtype))
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        mask, dtype = self.saved()
-        self.check_grad_output(grad_output, mask.shape, dtype)
-        return F.relu_backward(grad_output, mask)
+        mask, y_shape, dtype = self.saved()
+        self.check_grad_output(grad_output, y_shape, dtype)
+        return kernels.relu_backward(grad_output, mask)

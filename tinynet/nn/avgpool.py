@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
+from .. import kernels
 from .._utils import pair
 from ._checks import check_float_input, check_positive
 from .module import Module
@@ -30,8 +30,8 @@ class AvgPool2d(_Pool2d):
         every input of a window receives ``dy / (kh*kw)`` from it (overlaps add up).
     """
 
-    forward_fn = staticmethod(F.avgpool2d_forward)
-    backward_fn = staticmethod(F.avgpool2d_backward)
+    forward_fn = staticmethod(kernels.avgpool2d_forward)
+    backward_fn = staticmethod(kernels.avgpool2d_backward)
 
 
 class AdaptiveAvgPool2d(Module):
@@ -67,14 +67,14 @@ class AdaptiveAvgPool2d(Module):
                 f"{where}: the input {x.shape[2]}x{x.shape[3]} is smaller than the output size "
                 f"{self.output_size[0]}x{self.output_size[1]}"
             )
-        y, cache = F.adaptive_avgpool2d_forward(x, self.output_size)
+        y, cache = kernels.adaptive_avgpool2d_forward(x, self.output_size)
         self.save_for_backward((cache, y.shape))
         return y
 
     def backward(self, grad_output: Any) -> Any:
         cache, y_shape = self.saved()
         self.check_grad_output(grad_output, y_shape)
-        return F.adaptive_avgpool2d_backward(grad_output, cache)
+        return kernels.adaptive_avgpool2d_backward(grad_output, cache)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"

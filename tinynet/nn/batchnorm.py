@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import backend as B
 from .. import functional as F
+from .. import kernels
 from ._checks import check_int, check_layer_input, check_positive
 from .module import Module, Parameter
 
@@ -95,7 +96,7 @@ class _BatchNorm(Module):
             self.num_batches_tracked += 1
             if momentum is None:  # cumulative moving average: the mean of all batches so far
                 momentum = 1.0 / float(self.num_batches_tracked)
-        y, cache = F.batchnorm_forward(
+        y, cache = kernels.batchnorm_forward(
             x,
             self.weight.data if self.affine else None,
             self.bias.data if self.affine else None,
@@ -111,7 +112,7 @@ class _BatchNorm(Module):
     def backward(self, grad_output: Any) -> Any:
         cache, y_shape = self.saved()
         self.check_grad_output(grad_output, y_shape)
-        dx, dgamma, dbeta = F.batchnorm_backward(grad_output, cache)
+        dx, dgamma, dbeta = kernels.batchnorm_backward(grad_output, cache)
         if self.affine:
             self.weight.accumulate_grad(dgamma)
             self.bias.accumulate_grad(dbeta)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
+from .. import kernels
 from .._utils import conv_output_size, pair
 from ._checks import check_int, check_layer_input, check_non_negative, check_positive
 from .init import bias_uniform, kaiming_uniform
-from .module import Module, Parameter, defer_weight_grads, deferring_weight_grads
+from .module import Module, Parameter
 
 
 class Conv2d(Module):
@@ -37,8 +37,7 @@ class Conv2d(Module):
         bias: (out_channels,), U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels*kh*kw.
 
     Backward (see :mod:`tinynet.functional.conv`):
-        dX = col2im(W^T @ dY),  dW = dY @ cols^T,  db = sum of dY over batch, height and width.
-        (Narrow images train by rows of a banded weight matrix instead: conv_rows.py.)
+        dX = col2im(dY @ W),  dW = dY^T @ cols,  db = sum of dY over batch, height and width.
         ``backward(dy, input_grad=False)`` skips dX (returns None): the first layer of a network
         needs only its weight gradients (``Sequential.backward`` asks for this).
 
@@ -115,27 +114,12 @@ class Conv2d(Module):
 
     accepts_input_grad = True  # backward(dy, input_grad=False) skips dL/dx (see Sequential)
 
-    fuses_relu = True  # forward(x, relu=True) runs a following ReLU inside (see Sequential)
-    fuses_pool = True  # forward(x, relu=True, pool=...) runs a max pooling after it too
-
-    def forward(self, x: Any, relu: bool = False, pool: Any = None) -> Any:
-        """The convolution of a batch x (N, C_in, H, W) -> (N, C_out, H_out, W_out).
-
-        ``relu=True`` returns ``max(conv(x), 0)``: a ReLU as the kernel's last step, one pass over
-        memory fewer (``Sequential`` asks for it when a ReLU module follows); backward then takes
-        dL/d(the ReLU's output). ``pool``: a ``MaxPool2d`` (without padding) that follows: each
-        thread pools its block of images while they are in its core's cache, the pooled output
-        is returned, and backward takes dL/d(pooled output).
-        """
-        where = f"Conv2d({self.extra_repr()})"
-        check_layer_input(where, x, self.weight.data)
-        out_shape = self.output_shape(x.shape)
+    def forward(self, x: Any) -> Any:
+        """The convolution of a batch x (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+        check_layer_input(f"Conv2d({self.extra_repr()})", x, self.weight.data)
+        self.output_shape(x.shape)  # explains a wrong shape before the math starts
         bias = self.bias.data if self.bias is not None else None
-        if pool is not None:  # (its input, this layer's output, is a float array like x)
-            pool.output_shape(out_shape)  # its errors, as if it ran on its own
-            pool = (pool.kernel_size, pool.stride)
-        y, cache = F.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                                    relu=relu, pool=pool)
+        y, cache = kernels.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
         self.save_for_backward((cache, y.shape))
         return y
 
@@ -144,24 +128,11 @@ class Conv2d(Module):
         ``input_grad``: then the input gradient is not computed at all)."""
         cache, y_shape = self.saved()
         self.check_grad_output(grad_output, y_shape)
-        if input_grad and deferring_weight_grads():
-            # inside a Sequential's backward: dW and db on a worker thread while this thread
-            # computes dx for the layers below (where the kernel comes in two parts)
-            parts = F.conv2d_backward_parts(grad_output, cache)
-            if parts is not None:
-                input_part, weight_part = parts
-                if not defer_weight_grads(weight_part, self._add_weight_grads):
-                    self._add_weight_grads(weight_part())
-                return input_part()
-        dx, dw, db = F.conv2d_backward(grad_output, cache, input_grad=input_grad)
-        self._add_weight_grads((dw, db))
-        return dx
-
-    def _add_weight_grads(self, grads: tuple) -> None:
-        dw, db = grads
+        dx, dw, db = kernels.conv2d_backward(grad_output, cache, input_grad=input_grad)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)
+        return dx
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

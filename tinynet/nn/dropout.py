@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
+from .. import kernels
 from ._checks import check_float_input
 from .module import Module
 
@@ -38,14 +38,14 @@ class Dropout(Module):
 
     def forward(self, x: Any) -> Any:
         check_float_input(f"Dropout(p={self.p})", x)
-        y, mask = F.dropout_forward(x, self.p, self.training)
+        y, mask = kernels.dropout_forward(x, self.p, self.training)
         self.save_for_backward((mask, y.shape))
         return y
 
     def backward(self, grad_output: Any) -> Any:
         mask, y_shape = self.saved()
         self.check_grad_output(grad_output, y_shape)
-        return F.dropout_backward(grad_output, mask)
+        return kernels.dropout_backward(grad_output, mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

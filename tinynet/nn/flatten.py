@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
+from .. import kernels
 from ._checks import check_float_input, check_int
 from .module import Module
 
@@ -43,14 +43,14 @@ class Flatten(Module):
     def forward(self, x: Any) -> Any:
         check_float_input("Flatten", x)
         self.output_shape(x.shape)
-        y, x_shape = F.flatten_forward(x, self.start_dim, self.end_dim)
+        y, x_shape = kernels.flatten_forward(x, self.start_dim, self.end_dim)
         self.save_for_backward((x_shape, y.shape, y.dtype))
         return y
 
     def backward(self, grad_output: Any) -> Any:
         x_shape, y_shape, dtype = self.saved()
         self.check_grad_output(grad_output, y_shape, dtype)
-        return F.flatten_backward(grad_output, x_shape)
+        return kernels.flatten_backward(grad_output, x_shape)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

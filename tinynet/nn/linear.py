@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
+from .. import kernels
 from ._checks import check_int, check_layer_input, check_positive
 from .init import bias_uniform, kaiming_uniform
 from .module import Module, Parameter
@@ -82,27 +82,21 @@ class Linear(Module):
 
     accepts_input_grad = True  # backward(dy, input_grad=False) skips dL/dx (see Sequential)
 
-    fuses_relu = True  # forward(x, relu=True) runs a following ReLU inside (see Sequential)
-
-    def forward(self, x: Any, relu: bool = False) -> Any:
-        """``y = x @ W^T + b`` for a batch x (N, in_features) -> (N, out_features).
-
-        ``relu=True`` returns ``max(y, 0)``: ``Sequential`` asks for it when a ReLU module
-        follows (one call instead of two); backward then takes dL/d(the ReLU's output).
-        """
+    def forward(self, x: Any) -> Any:
+        """``y = x @ W^T + b`` for a batch x (N, in_features) -> (N, out_features)."""
         check_layer_input(f"Linear({self.extra_repr()})", x, self.weight.data)
         self.output_shape(x.shape)
         bias = self.bias.data if self.bias is not None else None
-        y, cache = F.linear_forward(x, self.weight.data, bias, relu=relu)
-        self.save_for_backward(cache)
+        y, cache = kernels.linear_forward(x, self.weight.data, bias)
+        self.save_for_backward((cache, y.shape))
         return y
 
     def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
         """Add dL/dW and dL/db into the parameters' ``.grad``; return dL/dx (None if not
         ``input_grad``: then the input gradient is not computed at all)."""
-        cache = self.saved()
-        self.check_grad_output(grad_output, (cache.x.shape[0], self.out_features))
-        dx, dw, db = F.linear_backward(grad_output, cache, input_grad=input_grad)
+        cache, y_shape = self.saved()
+        self.check_grad_output(grad_output, y_shape)
+        dx, dw, db = kernels.linear_backward(grad_output, cache, input_grad=input_grad)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)

@@ -28,12 +28,10 @@ Writing your own module::
 from __future__ import annotations
 
 import copy
-import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from .. import backend as B
-from .. import threads
 
 _NO_CACHE = object()
 
@@ -419,48 +417,10 @@ class Sequential(Module):
             return Sequential(*mods[index])
         return mods[index]
 
-    # run a Conv2d or Linear and the ReLU right after it as one call (see forward); False runs
-    # every module on its own (set it on a model, or on the class for every model)
-    fuse_relu = True
-    # let layers hand their weight gradients to a worker thread during backward (see backward);
-    # False computes each inside its layer's backward call
-    defer_weight_grads = True
-
     def forward(self, x: Any) -> Any:
-        """Each module in turn: ``x = module(x)``.
-
-        One exception, for speed: a layer whose class says ``fuses_relu = True`` (Conv2d,
-        Linear) directly followed by a ``ReLU`` runs as ``layer.forward(x, relu=True)``: the
-        layer applies the ReLU to each block of its output while the block is still in the CPU's
-        cache (a convolution: on each thread's block), instead of the ReLU module reading the
-        whole output again in a pass and a call of its own. A ``MaxPool2d`` (without padding)
-        right after that ReLU joins too, for a layer with ``fuses_pool = True`` (Conv2d):
-        ``layer.forward(x, relu=True, pool=that_module)``, each thread pooling the images it just
-        convolved. The result is the same, bit for bit; the ReLU and pooling modules do not run
-        themselves (and ``backward`` hands dL/d(their output) straight to the layer, which
-        applies their backward first).
-        Set ``model.fuse_relu = False`` to run every module on its own. Modules whose forward or
-        backward was replaced on the instance (as ``tinynet.inspect`` does to record them) always
-        run on their own.
-        """
-        modules = list(self._modules.values())
-        fused = []  # positions of the ReLUs (and poolings) that ran inside the layer before them
-        i = 0
-        while i < len(modules):
-            m = modules[i]
-            if self.fuse_relu and i + 1 < len(modules) and _fuses(m, modules[i + 1]):
-                if i + 2 < len(modules) and _fuses_pool(m, modules[i + 2]):
-                    x = m.forward(x, relu=True, pool=modules[i + 2])
-                    fused += [i + 1, i + 2]
-                    i += 3
-                    continue
-                x = m.forward(x, relu=True)
-                fused.append(i + 1)
-                i += 2
-            else:
-                x = m(x)
-                i += 1
-        object.__setattr__(self, "_fused", fused)
+        """Each module in turn: ``x = module(x)``."""
+        for module in self:
+            x = module(x)
         return x
 
     def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
@@ -469,104 +429,13 @@ class Sequential(Module):
         ``input_grad=False``: the first module skips dL/dinput when it accepts the option
         (its class has ``accepts_input_grad = True``) and None is returned; otherwise dL/dinput is
         computed as usual. The weight gradients are the same either way.
-
-        With more than one thread a layer may hand its weight gradients to a worker thread
-        (:func:`defer_weight_grads`: a convolution by rows does) and go on with dL/dinput at
-        once; every such gradient is waited for and added into ``.grad`` before this returns.
-        ``model.defer_weight_grads = False`` keeps each inside its layer's backward call.
         """
-        modules = list(self._modules.values())
-        fused = self.__dict__.get("_fused", ())
-        # (not inside an outer Sequential, whose backward then collects them)
-        opened = self.defer_weight_grads and getattr(_deferred, "pending", None) is None
-        if opened:
-            _deferred.pending = []
-        try:
-            for i in range(len(modules) - 1, -1, -1):
-                if i in fused:  # a ReLU or pooling that ran inside the layer before it: that
-                    continue    # layer's backward applies theirs too
-                m = modules[i]
-                if i == 0 and not input_grad and getattr(type(m), "accepts_input_grad", False):
-                    grad_output = m.backward(grad_output, input_grad=False)
-                else:
-                    grad_output = m.backward(grad_output)
-        except BaseException:
-            if opened:
-                _finish_deferred(add=False)
-            raise
-        if opened:
-            _finish_deferred(add=True)
-        return grad_output
-
-
-# Weight gradients that layers handed to a worker thread during the running Sequential.backward:
-# .pending is a list of (threads.Later, on_done) while one runs, None otherwise (one per thread)
-_deferred = threading.local()
-
-
-def defer_weight_grads(compute: Callable[[], Any], on_done: Callable[[Any], None]) -> bool:
-    """For a layer's backward: inside ``Sequential.backward``, start ``compute()`` (the layer's
-    weight gradients) on a worker thread and return True; ``on_done(its result)`` runs when that
-    backward ends. Meanwhile the layer computes dL/dinput, and the layers below go on with it:
-    nothing needs dW before the optimizer's step. Returns False (and runs nothing) outside a
-    Sequential's backward or when no worker is free (1 thread): the caller computes them itself.
-    """
-    pending = getattr(_deferred, "pending", None)
-    if pending is None:
-        return False
-    later = threads.start(compute)
-    if later is None:
-        return False
-    pending.append((later, on_done))
-    return True
-
-
-def deferring_weight_grads() -> bool:
-    """Would :func:`defer_weight_grads` hand work to a worker now (inside Sequential.backward,
-    with more than one thread)?"""
-    return getattr(_deferred, "pending", None) is not None and threads.get_num_threads() > 1
-
-
-def _finish_deferred(add: bool) -> None:
-    """Wait for every deferred weight gradient (no worker may still write once backward has
-    returned); with ``add``, hand each to its layer (and raise the first error among them)."""
-    pending, _deferred.pending = _deferred.pending, None
-    error = None
-    for later, on_done in pending:
-        try:
-            result = later.result()
-        except BaseException as e:
-            error = error or e
-            continue
-        if add and error is None:
-            on_done(result)
-    if add and error is not None:
-        raise error
-
-
-def _fuses_pool(layer: Module, pool: Module) -> bool:
-    """Can ``layer`` (with its ReLU) run ``pool``, the module after that ReLU, inside its own
-    forward? A MaxPool2d without padding, not wrapped on the instance."""
-    if type(pool).__name__ != "MaxPool2d" or not getattr(type(layer), "fuses_pool", False):
-        return False
-    from .pooling import MaxPool2d
-
-    return type(pool) is MaxPool2d and pool.padding == (0, 0) and _unwrapped(pool)
-
-
-def _fuses(layer: Module, nxt: Module) -> bool:
-    """Can ``layer`` run the ReLU module ``nxt`` inside its own forward (see Sequential.forward)?
-    Not if either one's forward or backward was replaced on the instance (a recording wrapper
-    must see every call)."""
-    if type(nxt).__name__ != "ReLU" or not getattr(type(layer), "fuses_relu", False):
-        return False
-    from .activation import ReLU  # (here: activation.py imports this module)
-
-    return type(nxt) is ReLU and _unwrapped(layer) and _unwrapped(nxt)
-
-
-def _unwrapped(module: Module) -> bool:
-    """Neither forward nor backward replaced on the instance (a recording wrapper, as
-    tinynet.inspect puts on, must see every call: such a module never runs inside another)."""
-    d = module.__dict__
-    return "forward" not in d and "backward" not in d
+        modules = list(self)
+        if not modules:  # an empty chain is the identity
+            return grad_output
+        for module in reversed(modules[1:]):
+            grad_output = module.backward(grad_output)
+        first = modules[0]
+        if not input_grad and getattr(type(first), "accepts_input_grad", False):
+            return first.backward(grad_output, input_grad=False)
+        return first.backward(grad_output)

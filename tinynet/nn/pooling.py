@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import functional as F
+from .. import kernels
 from .._utils import conv_output_size, pair
 from ._checks import check_float_input, check_non_negative, check_positive
 from .module import Module
@@ -87,5 +87,5 @@ class MaxPool2d(_Pool2d):
         (64, 6, 12, 12)
     """
 
-    forward_fn = staticmethod(F.maxpool2d_forward)
-    backward_fn = staticmethod(F.maxpool2d_backward)
+    forward_fn = staticmethod(kernels.maxpool2d_forward)
+    backward_fn = staticmethod(kernels.maxpool2d_backward)

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
-from .. import backend as B
+from .. import kernels
 from .optimizer import Optimizer
+
+
+def sgd_update(param: Any, grad: Any, buf: Any, lr: float, momentum: float = 0.0,
+               dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False) -> Any:
+    """One SGD step for one parameter, in place (the reference kernel of :class:`SGD`).
+
+    Args:
+        param: the weights, updated in place. grad: dL/dparam (not modified).
+        buf: the momentum buffer from the previous step, or None at the first step.
+        lr, momentum, dampening, weight_decay, nesterov: the hyperparameters (Python numbers).
+
+    Returns:
+        The momentum buffer to keep for the next step (None when ``momentum == 0``).
+    """
+    g = grad
+    if weight_decay != 0:
+        g = g + weight_decay * param  # L2 penalty: d/dw (wd/2 * |w|^2) = wd * w
+    if momentum != 0:
+        if buf is None:
+            buf = g.copy()  # b_1 = g_1
+        else:
+            buf *= momentum  # b_t = momentum * b_{t-1} + (1 - dampening) * g_t
+            buf += (1 - dampening) * g if dampening else g
+        g = g + momentum * buf if nesterov else buf
+    else:
+        buf = None
+    param -= lr * g  # w <- w - lr * g
+    return buf
 
 
 class SGD(Optimizer):
@@ -46,25 +74,10 @@ class SGD(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                backend = B.backend_of(p.data)
-                if backend.use_fused():  # on the GPU: the same rule as one fused kernel
-                    state = self.state.setdefault(id(p), {})
-                    buf = backend.sgd_update(p.data, p.grad, state.get("momentum_buffer"), lr,
-                                             momentum, dampening, weight_decay, nesterov)
-                    if buf is not None:
-                        state["momentum_buffer"] = buf
-                    continue
-                g = p.grad
-                if weight_decay != 0:
-                    g = g + weight_decay * p.data
-                if momentum != 0:
-                    state = self.state.setdefault(id(p), {})
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = g.copy()
-                    else:
-                        buf *= momentum
-                        buf += (1 - dampening) * g if dampening else g
-                    g = g + momentum * buf if nesterov else buf
-                # w <- w - lr * g, in place
-                p.data -= lr * g
+                state = self.state.get(id(p), {})
+                # w <- w - lr * g (with momentum: g smoothed into the buffer b), in place
+                buf = kernels.sgd_update(p.data, p.grad, state.get("momentum_buffer"), lr,
+                                         momentum, dampening, weight_decay, nesterov)
+                if buf is not None:
+                    self.state.setdefault(id(p), {})["momentum_buffer"] = buf
+

@@ -1,26 +1,43 @@
-"""Every fast kernel against a naive loop written straight from its formula (kept here, slow).
+"""The fast engine (``tinynet/fast/``): every fast kernel equals its reference kernel, and the naive
+loops (tests/naive.py).
 
-The kernels use tricks (flat-row im2col, strided slices, recycled buffers); the loops below use
-none, so a trick that breaks for some stride, padding, kernel or non-square shape shows up here.
-Shapes are drawn by hypothesis; float64 so that the comparison is tight.
+The fast kernels use tricks (flat-row im2col, convolution by rows, strided slices, recycled
+buffers, threads, fused epilogues); a trick that breaks for some stride, padding, kernel,
+non-square shape or block boundary shows up here. Shapes are drawn by hypothesis; float64 so
+that the comparison is tight. Every test runs on 1 thread and on 3.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import naive_conv2d, naive_conv2d_backward, naive_maxpool, naive_maxpool_backward
+from strategies import batchnorm_cases, conv_geometry, pool_geometry
 
 import tinynet
-import tinynet.functional as F
-from tinynet import threads
+import tinynet.functional as R  # the reference kernels
+from tinynet import kernels
+from tinynet.fast import activation, batchnorm, conv, pooling, threads
+
+# the fast kernels, under the reference's names
+F = SimpleNamespace(
+    conv2d_forward=conv.conv2d_forward, conv2d_backward=conv.conv2d_backward,
+    maxpool2d_forward=pooling.maxpool2d_forward, maxpool2d_backward=pooling.maxpool2d_backward,
+    relu_forward=activation.relu_forward, relu_backward=activation.relu_backward,
+    batchnorm_forward=batchnorm.batchnorm_forward,
+    batchnorm_backward=batchnorm.batchnorm_backward,
+)
 
 
 @pytest.fixture(autouse=True, scope="module", params=["1 thread", "3 threads"])
 def threads_mode(request):
     """Every test here runs twice: on one thread, and split over 3 threads in blocks as small as
-    one image (``tinynet.threads``), so that block boundaries fall inside the small drawn shapes."""
+    one image (``tinynet.fast.threads``), so that block boundaries fall inside the small drawn
+    shapes."""
     saved = tinynet.get_num_threads(), threads.MIN_BLOCK_NUMBERS
     if request.param == "3 threads":
         tinynet.set_num_threads(3)
@@ -30,97 +47,6 @@ def threads_mode(request):
     yield request.param
     tinynet.set_num_threads(saved[0])
     threads.MIN_BLOCK_NUMBERS = saved[1]
-
-
-# -- naive references ----------------------------------------------------------------------------
-def naive_conv2d(x, w, b, stride, padding):
-    (sh, sw), (ph, pw) = stride, padding
-    N, C, H, W = x.shape
-    Fo, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    ho, wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    y = np.zeros((N, Fo, ho, wo))
-    for n in range(N):
-        for f in range(Fo):
-            for i in range(ho):
-                for j in range(wo):
-                    window = xp[n, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
-                    y[n, f, i, j] = (w[f] * window).sum()
-            if b is not None:
-                y[n, f] += b[f]
-    return y
-
-
-def naive_conv2d_backward(dy, x, w, stride, padding):
-    (sh, sw), (ph, pw) = stride, padding
-    N, C, H, W = x.shape
-    Fo, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
-    for n in range(N):
-        for f in range(Fo):
-            for i in range(dy.shape[2]):
-                for j in range(dy.shape[3]):
-                    win = (n, slice(None), slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw))
-                    dw[f] += dy[n, f, i, j] * xp[win]
-                    dxp[win] += dy[n, f, i, j] * w[f]
-    return dxp[:, :, ph : ph + H, pw : pw + W], dw, dy.sum(axis=(0, 2, 3))
-
-
-def naive_maxpool(x, kernel, stride, padding):
-    """y and the backward routing, first maximum in row-major window order on ties."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    N, C, H, W = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-    ho, wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    y = np.zeros((N, C, ho, wo))
-    where = np.zeros((N, C, ho, wo, 2), dtype=int)
-    for n in range(N):
-        for c in range(C):
-            for i in range(ho):
-                for j in range(wo):
-                    best = None
-                    for u in range(kh):
-                        for v in range(kw):
-                            val = xp[n, c, i * sh + u, j * sw + v]
-                            if best is None or val > best:
-                                best, at = val, (i * sh + u - ph, j * sw + v - pw)
-                    y[n, c, i, j], where[n, c, i, j] = best, at
-    return y, where
-
-
-def naive_maxpool_backward(dy, where, x_shape):
-    dx = np.zeros(x_shape)
-    N, C, ho, wo = dy.shape
-    for n in range(N):
-        for c in range(C):
-            for i in range(ho):
-                for j in range(wo):
-                    h, w = where[n, c, i, j]
-                    dx[n, c, h, w] += dy[n, c, i, j]
-    return dx
-
-
-# -- drawn geometries ----------------------------------------------------------------------------
-@st.composite
-def conv_geometry(draw):
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    H = draw(st.integers(max(1, kh - 2 * ph), 9))
-    W = draw(st.integers(max(1, kw - 2 * pw), 9))
-    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
-    return (n, c, H, W), (f, c, kh, kw), (sh, sw), (ph, pw), draw(st.booleans())
-
-
-@st.composite
-def pool_geometry(draw):
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    H = draw(st.integers(max(1, kh - 2 * ph), 9))
-    W = draw(st.integers(max(1, kw - 2 * pw), 9))
-    return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), H, W), (kh, kw), (sh, sw), (ph, pw)
 
 
 # -- tests ---------------------------------------------------------------------------------------
@@ -136,12 +62,9 @@ def _conv_inputs(geometry, seed):
 @pytest.fixture(params=["im2col, dW per image", "im2col, dW one product", "by rows"])
 def conv_method(request, monkeypatch):
     """The convolution's ways (chosen by its shapes): each is checked on every drawn geometry."""
-    from tinynet.functional import conv as conv_mod
-
     by_rows = request.param == "by rows"
-    monkeypatch.setattr(conv_mod, "_ROWS_MAX_WIDTH", 1 << 30 if by_rows else 0)
-    monkeypatch.setattr(conv_mod, "_ROWS_IN_EVAL", by_rows)  # (evaluation keeps im2col)
-    monkeypatch.setattr(conv_mod, "_FEW_ROWS", 1 << 30 if "per image" in request.param else 0)
+    monkeypatch.setattr(conv, "_ROWS_MAX_WIDTH", 1 << 30 if by_rows else 0)
+    monkeypatch.setattr(conv, "_FEW_ROWS", 1 << 30 if "per image" in request.param else 0)
     return request.param
 
 
@@ -170,8 +93,6 @@ def test_conv2d_with_relu_matches_naive_loops(geometry, seed, conv_method):
     """``relu=True`` (the ReLU as the convolution's last step): y = max(conv, 0), and backward
     takes dL/dy of that ReLU's output, so it must equal the naive conv's backward of dy * [y > 0].
     In training, in evaluation (sliced) and without dx."""
-    from tinynet.functional import conv as conv_mod
-
     x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
     z = naive_conv2d(x, w, b, stride, padding)
     y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=True)
@@ -186,13 +107,13 @@ def test_conv2d_with_relu_matches_naive_loops(geometry, seed, conv_method):
         np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
     y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=True)
     assert F.conv2d_backward(dy, cache, input_grad=False)[0] is None
-    old = conv_mod._EVAL_COLS_ELEMENTS
-    conv_mod._EVAL_COLS_ELEMENTS = 1  # one image per slice
+    old = conv._EVAL_COLS_ELEMENTS
+    conv._EVAL_COLS_ELEMENTS = 1  # one image per slice
     try:
         with tinynet.no_grad():
             y_eval, cache_eval = F.conv2d_forward(x, w, b, stride, padding, relu=True)
     finally:
-        conv_mod._EVAL_COLS_ELEMENTS = old
+        conv._EVAL_COLS_ELEMENTS = old
     assert cache_eval is None
     np.testing.assert_allclose(y_eval, np.maximum(z, 0), rtol=1e-10, atol=1e-10)
 
@@ -204,8 +125,6 @@ def test_conv2d_with_relu_and_pool_matches_naive_loops(geometry, seed, pool, con
     """``relu=True, pool=(kernel, stride)``: the max pooling of the ReLU'd convolution (its many
     zeros tie: the first maximum must win), and backward from dL/d(pooled output) equals the
     naive chain pool -> ReLU -> conv; in training and in evaluation (sliced)."""
-    from tinynet.functional import conv as conv_mod
-
     x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
     r = np.maximum(naive_conv2d(x, w, b, stride, padding), 0)
     kernel = (min(pool[0], r.shape[2]), min(pool[1], r.shape[3]))
@@ -221,14 +140,14 @@ def test_conv2d_with_relu_and_pool_matches_naive_loops(geometry, seed, pool, con
     np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
     if b is not None:
         np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
-    old = conv_mod._EVAL_COLS_ELEMENTS
-    conv_mod._EVAL_COLS_ELEMENTS = 1  # one image per slice, each pooled on its own
+    old = conv._EVAL_COLS_ELEMENTS
+    conv._EVAL_COLS_ELEMENTS = 1  # one image per slice, each pooled on its own
     try:
         with tinynet.no_grad():
             y_eval, _ = F.conv2d_forward(x, w, b, stride, padding, relu=True,
                                          pool=(kernel, p_stride))
     finally:
-        conv_mod._EVAL_COLS_ELEMENTS = old
+        conv._EVAL_COLS_ELEMENTS = old
     np.testing.assert_allclose(y_eval, ny, rtol=1e-10, atol=1e-10)
 
 
@@ -253,46 +172,16 @@ def test_maxpool2d_matches_naive_loops(geometry, seed, ties):
 def test_relu_keeps_nan_and_its_zeros_stay_zero(dtype):
     """max(x, 0) takes its zeros from a recycled array (faster than the scalar 0): NaN still
     propagates as in np.maximum, -0.0 and 0 give 0, and the array of zeros is never written."""
-    from tinynet.functional.activation import _zeros, relu_in_place
-
     x = np.array([[np.nan, -0.0, 0.0, -1.5, 2.0, np.inf, -np.inf]] * 3, dtype=dtype)
     for _ in range(2):  # the second call gets the recycled zeros
-        y, mask = F.relu_forward(x)
+        y, cache = F.relu_forward(x)
         np.testing.assert_array_equal(y, np.maximum(x, 0))
-        np.testing.assert_array_equal(mask, x > 0)
+        np.testing.assert_array_equal(y, R.relu_forward(x)[0])
+        np.testing.assert_array_equal(cache.mask, x > 0)
         z = x.copy()
-        relu_in_place(z)
+        activation.relu_in_place(z)
         np.testing.assert_array_equal(z, np.maximum(x, 0))
-        assert not _zeros(np, x.shape, x.dtype).any()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_and_linear_match_formulas(dtype):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((7, 5)).astype(dtype)
-    y, mask = F.relu_forward(x)
-    np.testing.assert_array_equal(y, np.where(x > 0, x, 0))
-    dy = rng.standard_normal(x.shape).astype(dtype)
-    np.testing.assert_array_equal(F.relu_backward(dy, mask), np.where(x > 0, dy, 0))
-    w, b = rng.standard_normal((3, 5)).astype(dtype), rng.standard_normal(3).astype(dtype)
-    y, cache = F.linear_forward(x, w, b)
-    assert y.dtype == dtype
-    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-5)
-    g = rng.standard_normal(y.shape).astype(dtype)
-    dx, dw, db = F.linear_backward(g, cache)
-    np.testing.assert_allclose(dx, g @ w, rtol=1e-5)
-    np.testing.assert_allclose(dw, g.T @ x, rtol=1e-5)
-    np.testing.assert_allclose(db, g.sum(0), rtol=1e-5)
-    # relu=True: y = max(x W^T + b, 0), and backward starts with g * [y > 0]
-    y, cache = F.linear_forward(x, w, b, relu=True)
-    z = x @ w.T + b
-    np.testing.assert_allclose(y, np.maximum(z, 0), rtol=1e-5)
-    assert (y >= 0).all() and (y == 0).any()
-    dx, dw, db = F.linear_backward(g, cache)
-    gm = g * (z > 0)
-    np.testing.assert_allclose(dx, gm @ w, rtol=1e-5)
-    np.testing.assert_allclose(dw, gm.T @ x, rtol=1e-5)
-    np.testing.assert_allclose(db, gm.sum(0), rtol=1e-5)
+        assert not activation._zeros(np, x.shape, x.dtype).any()
 
 
 def test_recycled_buffers_never_overwrite_live_results(conv_method):
@@ -308,7 +197,7 @@ def test_recycled_buffers_never_overwrite_live_results(conv_method):
         np.testing.assert_array_equal(a, a_copy)  # the columns (or rows, band) and the weights
     r1, m1 = F.relu_forward(y1)
     r2, m2 = F.relu_forward(y2)
-    assert not np.shares_memory(r1, r2) and not np.shares_memory(m1, m2)
+    assert not np.shares_memory(r1, r2) and not np.shares_memory(m1.mask, m2.mask)
     p1, pc1 = F.maxpool2d_forward(r1, 2)
     p2, pc2 = F.maxpool2d_forward(r2, 2)
     assert not np.shares_memory(p1, p2) and not np.shares_memory(pc1.argmax, pc2.argmax)
@@ -324,9 +213,6 @@ def test_recycled_buffers_never_overwrite_live_results(conv_method):
 @given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
 def test_conv2d_without_input_grad_and_under_no_grad(geometry, seed, conv_method):
     """input_grad=False gives the same dW, db and no dx; no_grad (sliced batch) gives the same y."""
-    import tinynet
-    from tinynet.functional import conv as conv_mod
-
     x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
     has_bias = b is not None
     y, cache = F.conv2d_forward(x, w, b, stride, padding)
@@ -338,13 +224,13 @@ def test_conv2d_without_input_grad_and_under_no_grad(geometry, seed, conv_method
     np.testing.assert_array_equal(dw, dw_full)
     if has_bias:
         np.testing.assert_array_equal(db, db_full)
-    old = conv_mod._EVAL_COLS_ELEMENTS
-    conv_mod._EVAL_COLS_ELEMENTS = 1  # one image per slice: the slicing path is exercised
+    old = conv._EVAL_COLS_ELEMENTS
+    conv._EVAL_COLS_ELEMENTS = 1  # one image per slice: the slicing path is exercised
     try:
         with tinynet.no_grad():
             y_eval, cache_eval = F.conv2d_forward(x, w, b, stride, padding)
     finally:
-        conv_mod._EVAL_COLS_ELEMENTS = old
+        conv._EVAL_COLS_ELEMENTS = old
     assert cache_eval is None
     np.testing.assert_allclose(y_eval, naive_conv2d(x, w, b, stride, padding), rtol=1e-10,
                                atol=1e-10)
@@ -364,7 +250,6 @@ def test_recycled_padded_input_of_another_padding_keeps_zero_borders():
 
 def test_sequential_backward_without_input_grad():
     """Sequential.backward(g, input_grad=False): same weight gradients, the first skips dX."""
-    import tinynet
     from tinynet import nn
 
     tinynet.manual_seed(0)
@@ -388,8 +273,6 @@ def test_sequential_backward_without_input_grad():
 
 
 def test_relu_and_maxpool_keep_no_cache_under_no_grad():
-    import tinynet
-
     x = np.random.default_rng(1).standard_normal((2, 3, 6, 6))
     with tinynet.no_grad():
         y, mask = F.relu_forward(x)
@@ -420,12 +303,119 @@ def test_an_empty_batch_goes_through_every_kernel(stride):
 def test_recycled_band_of_another_kernel_width_keeps_zeros_off_its_band(monkeypatch):
     """By rows, a 1x5 kernel (stride 1) and a 1x1 kernel (stride 2) on 9-wide images have banded
     weights of one shape, (C_out, 5, C_in, 1, 9), with the weights in different places."""
-    from tinynet.functional import conv as conv_mod
-
-    monkeypatch.setattr(conv_mod, "_ROWS_MAX_WIDTH", 1 << 30)
+    monkeypatch.setattr(conv, "_ROWS_MAX_WIDTH", 1 << 30)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 2, 3, 9))
     for kw, sw in ((5, 1), (1, 2), (5, 1)):
         w = rng.standard_normal((3, 2, 1, kw))
         y = F.conv2d_forward(x, w, None, (1, sw), 0)[0]  # (the cache goes: its band is free)
         np.testing.assert_allclose(y, naive_conv2d(x, w, None, (1, sw), (0, 0)), atol=1e-10)
+
+
+# -- every fast kernel equals its reference --------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
+def test_fast_conv2d_equals_the_reference(geometry, seed, conv_method):
+    x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
+    y, cache = F.conv2d_forward(x, w, b, stride, padding)
+    ry, rcache = R.conv2d_forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(y, ry, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(F.conv2d_backward(dy, cache), R.conv2d_backward(dy, rcache), strict=True):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    with tinynet.no_grad():
+        np.testing.assert_allclose(F.conv2d_forward(x, w, b, stride, padding)[0], ry,
+                                   rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(geometry=pool_geometry(), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_fast_maxpool2d_equals_the_reference(geometry, seed, ties):
+    x_shape, kernel, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, x_shape).astype(np.float64) if ties else rng.standard_normal(x_shape)
+    y, cache = F.maxpool2d_forward(x, kernel, stride, padding)
+    ry, rcache = R.maxpool2d_forward(x, kernel, stride, padding)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(cache.argmax, rcache.argmax)
+    with tinynet.no_grad():
+        np.testing.assert_array_equal(F.maxpool2d_forward(x, kernel, stride, padding)[0], ry)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(F.maxpool2d_backward(dy, cache), R.maxpool2d_backward(dy, rcache))
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=batchnorm_cases(), seed=st.integers(0, 2**16), training=st.booleans(),
+       affine=st.booleans())
+def test_fast_batchnorm_equals_the_reference(case, seed, training, affine):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.shape)
+    C = x.shape[1]
+    gamma, beta = (rng.standard_normal(C), rng.standard_normal(C)) if affine else (None, None)
+    stats = [rng.standard_normal(C), rng.random(C) + 0.5]
+    fast_stats, ref_stats = [a.copy() for a in stats], [a.copy() for a in stats]
+    y, cache = F.batchnorm_forward(x, gamma, beta, *fast_stats, training=training)
+    ry, rcache = R.batchnorm_forward(x, gamma, beta, *ref_stats, training=training)
+    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-10)
+    for a, b in zip(fast_stats, ref_stats, strict=True):  # the running statistics too
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(x.shape)
+    for got, want in zip(F.batchnorm_backward(dy, cache), R.batchnorm_backward(dy, rcache),
+                         strict=True):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+# -- the dispatcher ----------------------------------------------------------------------------
+def test_the_dispatcher_picks_fast_or_reference_and_backward_follows_the_cache():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 1, 6, 6)), rng.standard_normal((3, 1, 3, 3)), np.ones(3)
+    assert kernels.get_mode() == "fast"
+    _, fast_cache = kernels.conv2d_forward(x, w, b)
+    assert isinstance(fast_cache, (conv.ConvCache, conv.RowsCache))
+    with tinynet.use_reference():
+        assert kernels.get_mode() == "reference"
+        assert kernels.implementation("conv2d_forward", "cpu") is R.conv2d_forward
+        y, ref_cache = kernels.conv2d_forward(x, w, b)
+        assert isinstance(ref_cache, R.conv.ConvCache)
+        # a cache made by the fast forward still goes to the fast backward, and back
+        dy = rng.standard_normal(y.shape)
+        fast_grads = kernels.conv2d_backward(dy, fast_cache)
+    ref_grads = kernels.conv2d_backward(dy, ref_cache)
+    for a, b in zip(fast_grads, ref_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert kernels.get_mode() == "fast"
+    with pytest.raises(ValueError, match="'fast' or 'reference'"):
+        kernels.set_mode("quick")
+
+
+def test_a_patched_reference_kernel_takes_effect_under_use_reference(monkeypatch):
+    calls = []
+    original = R.relu_forward
+    monkeypatch.setattr(R, "relu_forward", lambda x: calls.append(1) or original(x))
+    x = np.ones((2, 3))
+    kernels.relu_forward(x)
+    assert calls == []  # the fast twin ran
+    with tinynet.use_reference():
+        kernels.relu_forward(x)
+    assert calls == [1]
+
+
+def test_tinynet_kernels_environment_variable_selects_the_mode():
+    import subprocess
+    import sys
+
+    code = "import tinynet; print(tinynet.kernels.get_mode())"
+    for value, want in (("reference", "reference"), ("fast", "fast"), ("", "fast")):
+        env = dict(__import__("os").environ, TINYNET_KERNELS=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        assert out.stdout.strip() == want
+    env = dict(__import__("os").environ, TINYNET_KERNELS="quick")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "TINYNET_KERNELS must be 'fast' or 'reference'" in out.stderr

@@ -1,9 +1,9 @@
 """2-D convolution by whole input rows and a banded ("Toeplitz") weight matrix.
 
 The same convolution as :mod:`tinynet.functional.conv` (same arguments, same results), computed
-another way, which is faster when the images are narrow compared with the kernel (the course
-network's second convolution: 12 pixels wide, 5x5 kernel). ``conv2d_forward`` picks it (see
-``conv._by_rows``); the formulas and the shapes are in conv.py's docstring.
+another way, which is faster in training when the images are narrow compared with the kernel
+(the course network's second convolution: 12 pixels wide, 5x5 kernel). The fast engine's
+``conv2d_forward`` picks it (see ``conv._by_rows``).
 
 The trick: im2col copies every kh x kw window: C*kh*kw numbers per output PIXEL (25 copies of each
 input number for a 5x5 kernel). Here we copy whole input ROWS instead: for output row i of image
@@ -24,9 +24,8 @@ its pixel, the same numbers along every diagonal, a "Toeplitz" band). With R the
 T is mostly zeros (kw numbers of each W_pad are weights), so this product does W_pad/kw times
 the arithmetic of im2col's (2.4x for the course network's conv2). In exchange R is 5x smaller than
 im2col's columns (less copying, less memory traffic, 5 adds instead of 25 in backward) and the
-product has a shape BLAS runs fast: the course network's training step is 10-20% faster with its
-conv2 by rows (``benchmarks/ab_conv.py``). For a wide image (W_pad of 28 for a 5x5 kernel: 5.6x
-the arithmetic) im2col is as fast, and a forward alone (evaluation) gains nothing clear by rows.
+product has a shape BLAS runs fast. For a wide image (W_pad of 28 for a 5x5 kernel: 5.6x the
+arithmetic) im2col is as fast.
 
 Backward, with dY = dy laid out like Y:
     dL/dW: dT = dY @ R^T, then dW[f, c, u, v] = sum over j of dT[(f, j), (c, u, j*s_w + v)]
@@ -43,11 +42,6 @@ C_out*W_out), so that each output row's W_out pixels lie side by side, as in y. 
 OUTPUT ROWS i (each block: its columns of R and rows of Y^T and dY^T); the adds of backward come
 after the blocks, since the input rows that neighbouring output rows read overlap.
 
-Backward in two parts (``conv2d_rows_backward_parts``): dW and db need only dY and R, dx only dY
-and T, so the two may run on two threads at once. Inside a network's backward (Sequential) the
-weight part runs on a worker while this thread computes dx and goes on to the layers below,
-which are waiting for it: the worker's product overlaps with their work (2-3% of a training
-step at batch 64, in-process A/B; nothing needs dW before the optimizer's step).
 """
 
 from __future__ import annotations
@@ -55,9 +49,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import backend_of
-from ..threads import add_blocks, for_batch
 from ._recycle import scratch
 from .activation import relu_backward_into, relu_in_place
+from .threads import add_blocks, for_batch
 
 
 class RowsCache(NamedTuple):
@@ -151,12 +145,9 @@ def rows_convolver(x: Any, weight: Any, bias: Any, kernel: tuple, stride: tuple,
     return convolve, rows, band
 
 
-def _backward_pieces(dy: Any, cache: RowsCache, input_grad: bool) -> tuple:
-    """The steps of backward by rows, each over output rows i0..i1-1, sharing their buffers:
-    ``prepare`` (dY laid out like Y^T), ``weight_grads`` (their share of dW and db),
-    ``input_rows`` (their dR) and ``dx_from_rows`` (after every dR: dX)."""
-    backend = backend_of(dy)
-    xp = backend.xp
+def conv2d_rows_backward(dy: Any, cache: RowsCache, input_grad: bool = True) -> tuple:
+    """Gradients ``(dx, dw, db)`` of a convolution done by rows (see the module docstring)."""
+    xp = backend_of(dy).xp
     rows, band, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, mask = cache
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
@@ -166,13 +157,12 @@ def _backward_pieces(dy: Any, cache: RowsCache, input_grad: bool) -> tuple:
     dy_t = dy4.reshape(ho * N, F * wo)
     d_rows = scratch(xp, "conv_rows.dR", rows.shape, rows.dtype) if input_grad else None
 
-    def prepare(i0: int, i1: int) -> None:
+    def block(i0: int, i1: int) -> tuple:
+        """The output rows i0..i1-1 (one thread): their dR, and their share of dW and db."""
         # (after a ReLU that ran as the forward's last step, its backward first: dy * mask)
         relu_backward_into(dy[:, :, i0:i1].transpose(2, 0, 1, 3),
                            None if mask is None else mask[:, :, i0:i1].transpose(2, 0, 1, 3),
                            dy4[i0:i1])
-
-    def weight_grads(i0: int, i1: int) -> tuple:
         c = slice(i0 * N, i1 * N)
         # dL/dT = dY @ R^T (here its transpose, R @ dY^T); the weights sit on T's diagonals,
         # so dW sums them back from there
@@ -180,55 +170,20 @@ def _backward_pieces(dy: Any, cache: RowsCache, input_grad: bool) -> tuple:
         d_band5 = d_band_t.reshape(C, kh, wp, F, wo).transpose(3, 4, 0, 1, 2)  # like T's
         dw = _diagonals(d_band5, kw, sw).sum(axis=1)
         db = dy_t[c].sum(axis=0).reshape(F, wo).sum(axis=1) if has_bias else None
+        if input_grad:
+            xp.matmul(band.T, dy_t[c].T, out=d_rows[:, c])  # dL/dR = T^T @ dY
         return dw, db
 
-    def input_rows(i0: int, i1: int) -> None:
-        c = slice(i0 * N, i1 * N)
-        xp.matmul(band.T, dy_t[c].T, out=d_rows[:, c])  # dL/dR = T^T @ dY
-
-    def dx_from_rows() -> Any:
-        # each copied row back onto its input row: one add per kernel row u (output rows i and
-        # i + 1 read overlapping input rows, so this runs after every row's dR, on whole planes)
-        dxt = scratch(xp, "conv_rows.dxt", (C, wp, hp, N), dy.dtype, zero=True)  # like xt
-        d_rows5 = d_rows.reshape(C, kh, wp, ho, N)
-        for u in range(kh):
-            dxt[:, :, u : u + sh * (ho - 1) + 1 : sh] += d_rows5[:, u]
-        dx = scratch(xp, "conv_rows.dx", (N, C, H, W), dy.dtype)
-        dx[...] = dxt[:, pw : pw + W, ph : ph + H].transpose(3, 0, 2, 1)
-        return dx
-
-    return prepare, weight_grads, input_rows, dx_from_rows
-
-
-def conv2d_rows_backward(dy: Any, cache: RowsCache, input_grad: bool = True) -> tuple:
-    """Gradients ``(dx, dw, db)`` of a convolution done by rows (see the module docstring)."""
-    xp = backend_of(dy).xp
-    prepare, weight_grads, input_rows, dx_from_rows = _backward_pieces(dy, cache, input_grad)
-
-    def block(i0: int, i1: int) -> tuple:
-        """The output rows i0..i1-1 (one thread): their dR, and their share of dW and db."""
-        prepare(i0, i1)
-        shares = weight_grads(i0, i1)
-        if input_grad:
-            input_rows(i0, i1)
-        return shares
-
     # the blocks' shares of dW and db, added in block order
-    ho, kw = dy.shape[2], cache.weight.shape[3]
-    dw, db = add_blocks(for_batch(xp, ho, block, per_item=rows_work(cache.rows, ho, kw)))
-    return (dx_from_rows() if input_grad else None), dw, db
-
-
-def conv2d_rows_backward_parts(dy: Any, cache: RowsCache) -> tuple:
-    """Backward by rows in two independent parts, ``(input_part, weight_part)``: ``input_part()``
-    returns dX, ``weight_part()`` returns ``(dW, db)``; either may run first, or both at once on
-    two threads (dY is laid out for both here, first)."""
-    prepare, weight_grads, input_rows, dx_from_rows = _backward_pieces(dy, cache, True)
-    ho = dy.shape[2]
-    prepare(0, ho)
-
-    def input_part() -> Any:
-        input_rows(0, ho)
-        return dx_from_rows()
-
-    return input_part, lambda: weight_grads(0, ho)
+    dw, db = add_blocks(for_batch(xp, ho, block, per_item=rows_work(rows, ho, kw)))
+    if not input_grad:
+        return None, dw, db
+    # each copied row back onto its input row: one add per kernel row u (output rows i and i + 1
+    # read overlapping input rows, so this runs after every row's dR, on whole planes)
+    dxt = scratch(xp, "conv_rows.dxt", (C, wp, hp, N), dy.dtype, zero=True)  # like xt
+    d_rows5 = d_rows.reshape(C, kh, wp, ho, N)
+    for u in range(kh):
+        dxt[:, :, u : u + sh * (ho - 1) + 1 : sh] += d_rows5[:, u]
+    dx = scratch(xp, "conv_rows.dx", (N, C, H, W), dy.dtype)
+    dx[...] = dxt[:, pw : pw + W, ph : ph + H].transpose(3, 0, 2, 1)
+    return dx, dw, db

@@ -1,4 +1,4 @@
-"""Threads: how tinynet uses every CPU core (NumPy backend only).
+"""Threads: how the fast engine uses every CPU core (NumPy backend only).
 
 Why: NumPy runs each elementwise operation and each copy on ONE core, and its BLAS splits only large
 matrix products well. The course network's products are small (a batch of 64 images of 28 x 28), so
@@ -18,10 +18,6 @@ first kernel call, split or not: switching it later, mid-run, stalls the next pr
 teams of threads on the same cores fight (measured: slower than no threads at all), and BLAS
 threads that spin-wait after a product slow tinynet's next call even outside it. The BLAS
 setting is process-wide; ``set_num_threads(1)`` gives BLAS its own back.
-
-Besides the batch split, ``start(fn)`` hands a whole function to a worker and returns at once
-(``.result()`` collects it): a backward pass computes a layer's weight gradients there while it
-goes on to the layers below (``Sequential.backward``).
 
 Usage::
 
@@ -140,12 +136,6 @@ def _split(n: int, parts: int) -> list:
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
-def worth_splitting(numbers: int) -> bool:
-    """Is work on this many numbers worth two threads (each at least ``MIN_BLOCK_NUMBERS``, as
-    in for_batch)?"""
-    return _num_threads > 1 and numbers >= 2 * MIN_BLOCK_NUMBERS
-
-
 def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0) -> list:
     """Run ``fn(lo, hi)`` over contiguous blocks of the batch range(n), one block per thread.
 
@@ -186,44 +176,6 @@ def for_batch(xp: Any, n: int, fn: Callable[[int, int], Any], per_item: int = 0)
         if error is not None:
             raise error
         return call.out
-    finally:
-        _lock.release()
-
-
-class Later:
-    """A function running on a worker thread, started by :func:`start`."""
-
-    def __init__(self, call: _Call) -> None:
-        self._call = call
-
-    def result(self) -> Any:
-        """Wait until the function has returned; its return value (or its error, raised here).
-        Ctrl-C while waiting is raised once the function has finished (as in for_batch)."""
-        interrupted = _wait_for_workers(self._call)
-        error = self._call.errors[1] or interrupted
-        if error is not None:
-            raise error
-        return self._call.out[1]
-
-
-def start(fn: Callable[[], Any]) -> Later | None:
-    """Start ``fn()`` on a worker thread and return at once: the caller goes on with other work
-    and collects the result with ``.result()`` (it must, before it reuses what fn reads).
-
-    A backward pass uses this to compute a layer's weight gradients while it computes the
-    gradient for the layer below (see ``Sequential.backward``). Returns None when no worker can
-    take it (1 thread, inside a block of a parallel call, or while another thread holds the
-    pool): the caller then runs ``fn`` itself. A later ``for_batch`` call queues its worker block
-    behind ``fn``.
-    """
-    if _num_threads < 2 or getattr(_state, "inside", False) or not _lock.acquire(blocking=False):
-        return None
-    try:
-        _start_workers(1)
-        _single_thread_blas()
-        call = _Call(2)  # block 1 is fn (block 0, the caller's, is not used)
-        _workers[0][0].put((lambda lo, hi: fn(), 0, 0, 1, call))
-        return Later(call)
     finally:
         _lock.release()
 

@@ -1,0 +1,356 @@
+"""The fast engine's 2-D convolution: the same numbers as ``tinynet/functional/conv.py``.
+
+The math and the shapes are in the reference kernel's docstring; here is only what makes it fast.
+
+* **Columns with the long axis last** (C_in*kh*kw, N*L): one ROW per weight position, so that the
+  copies and the sums run along long contiguous rows, and ``Y = W @ cols`` is one product.
+* **Flat rows** (stride 1): number the padded input's pixels row by row, p = h*W_pad + w. Weight
+  (u, v) meets output pixel (i, j) at pixel u*W_pad + v + (i*W_pad + j), so for one image each row
+  of cols is ONE contiguous slice of the flat input, L = H_out*W_pad long. The price: the columns
+  with j >= W_out are junk (windows that wrap around a row end); their outputs are dropped, their
+  gradients are zero. (The padded input has one spare zero row, so the last slice stays inside.)
+  Any other stride: the plain layout, L = H_out*W_out.
+* **col2im by kh*kw slice adds**: for one offset (u, v) the pixels touched form one shifted
+  contiguous slice (flat rows) or one strided slice (plain): no scatter (np.add.at is slow).
+* **By rows** for narrow images in training (``conv_rows.py``): copies whole input rows and
+  multiplies them by a banded weight matrix: kh copies per input number instead of kh*kw.
+* **The bias (and a fused ReLU) on Y's long rows** before one reordering copy: 2-3x faster than
+  through the reordered view's short rows.
+* **Epilogues** for ``tinynet.fuse``: ``relu=True`` applies a ReLU to each block while it is in
+  the cache (backward starts with dY * mask as it reorders dY anyway); ``pool=`` max-pools each
+  thread's block of images right after convolving them.
+* **Threads**: the images of a batch are independent, so forward and backward run one block of
+  images per thread (``threads.for_batch``); the blocks' shares of dW and db are added at the end.
+* **Evaluation** (``tinynet.no_grad()``) keeps no columns, so each thread convolves its images a
+  slice at a time through small buffers that stay in its core's cache.
+* **Recycled buffers** (``_recycle.scratch``): fresh multi-megabyte arrays cost page faults.
+
+Measurements behind each choice: ``docs/speed.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._utils import conv_output_size, pair
+from ..backend import backend_of, is_grad_enabled
+from ._recycle import scratch
+from .activation import relu_backward_into, relu_in_place
+from .conv_rows import RowsCache, conv2d_rows_backward, rows_convolver
+from .pooling import maxpool2d_backward, maxpool2d_backward_blocks, maxpool2d_forward_blocks
+from .threads import add_blocks, for_batch
+
+# inside no_grad, images per slice: one slice's columns hold about this many numbers (2 MB in
+# float32: small enough to stay in a core's cache)
+_EVAL_COLS_ELEMENTS = 1 << 19
+
+# Convolve by rows (conv_rows.py), in training, when the padded image is at most this many kernels
+# wide: that method does W_pad/kw times the arithmetic of im2col but copies kh numbers per input
+# number instead of kh*kw (a gain at 12 wide with a 5x5 kernel, none at 28 wide).
+_ROWS_MAX_WIDTH = 3
+
+
+def _by_rows(kernel: tuple, padded_width: int) -> bool:
+    """Convolve by rows (conv_rows.py) rather than by im2col columns?"""
+    return padded_width <= _ROWS_MAX_WIDTH * kernel[1]
+
+
+class ConvCache(NamedTuple):
+    """What conv2d_backward needs: the columns (the windows each output pixel saw), the weights."""
+
+    cols: Any  # (C_in*kh*kw, N*L): one row per weight position, one column per output pixel
+    weight: Any  # (C_out, C_in, kh, kw)
+    x_shape: tuple  # (N, C_in, H, W)
+    stride: tuple  # (s_h, s_w)
+    padding: tuple  # (p_h, p_w)
+    has_bias: bool
+    row_pitch: int  # W_pad for the flat-rows layout (stride 1), 0 for the plain layout
+    relu_mask: Any = None  # [y > 0] (N, C_out, H_out, W_out) when a ReLU ran as the last step
+
+
+class PooledCache(NamedTuple):
+    """A convolution (with its ReLU) and the max pooling after it, run as one call
+    (``conv2d_forward(..., pool=...)``): what each one's backward needs."""
+
+    conv: Any  # ConvCache or RowsCache
+    pool: Any  # MaxPoolCache
+
+
+class _Columns(NamedTuple):
+    """The columns of a batch, filled a block of images at a time by :func:`fill_columns`."""
+
+    cols: Any  # (C*kh*kw, N*L); image n owns the columns n*L ... n*L + L - 1
+    per_image: int  # L
+    row_pitch: int  # W_pad for flat rows (stride 1), 0 for the plain layout
+    x_pad: Any  # the padded input the windows are read from
+    windows: Any  # strided view (C, kh, kw, N, ...) of x_pad, shaped like cols row by row
+    padding: tuple
+
+
+def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple) -> _Columns:
+    """Buffers for the columns of an input batch (N, C, H, W); nothing is copied yet.
+
+    ``cols[(c, u, v), n*L + q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
+    column q of image n: ``q = i*W_pad + j``, ``L = H_out*W_pad`` for stride 1 (flat rows, with
+    junk columns j >= W_out), ``q = i*W_out + j``, ``L = H_out*W_out`` otherwise.
+    """
+    backend = backend_of(x)
+    xp = backend.xp
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    hp, wp = H + 2 * ph, W + 2 * pw
+    # (the role names the padding: every user of one buffer writes the same inside, so the
+    # borders and the spare row of a recycled buffer are still 0)
+    if (sh, sw) == (1, 1):
+        # flat rows: the padded input with one spare zero row, so that the slice of the last
+        # offset, [(kh-1)*W_pad + kw-1, ... + H_out*W_pad), stays inside its own channel
+        x_pad = scratch(xp, f"conv.x_pad.{ph}.{pw}", (N, C, hp + 1, wp), x.dtype)
+        L, pitch = ho * wp, wp
+        s0, s1, s2, s3 = x_pad.strides
+        # windows[c, u, v, n, q] = x_pad_flat[n, c, u*W_pad + v + q]
+        windows = backend.as_strided(x_pad, shape=(C, kh, kw, N, L),
+                                     strides=(s1, s2, s3, s0, s3))
+    else:
+        x_pad = scratch(xp, f"conv.x_pad_plain.{ph}.{pw}", (N, C, hp, wp), x.dtype)
+        L, pitch = ho * wo, 0
+        s0, s1, s2, s3 = x_pad.strides
+        # plain: windows[c, u, v, n, i, j] = x_pad[n, c, i*s_h + u, j*s_w + v]
+        windows = backend.as_strided(
+            x_pad, shape=(C, kh, kw, N, ho, wo), strides=(s1, s2, s3, s0, s2 * sh, s3 * sw)
+        )
+    cols = scratch(xp, "conv.cols", (C * kh * kw, N * L), x.dtype)
+    return _Columns(cols, L, pitch, x_pad, windows, padding)
+
+
+def fill_columns(columns: _Columns, x: Any, lo: int, hi: int) -> None:
+    """im2col for images lo..hi-1: pad them, then copy their windows into their columns."""
+    ph, pw = columns.padding
+    H, W = x.shape[2:]
+    columns.x_pad[lo:hi, :, ph : ph + H, pw : pw + W] = x[lo:hi]
+    # the one copy of im2col
+    columns.cols.reshape(columns.windows.shape)[:, :, :, lo:hi] = columns.windows[:, :, :, lo:hi]
+
+
+def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
+    """The (C_out, N*L) product as an (N, C_out, H_out, W_out) view (junk columns dropped)."""
+    ho, wo = out_hw
+    f = y2d.shape[0]
+    if row_pitch:
+        # flat rows: pixel (i, j) of image n sits at column n*L + i*W_pad + j
+        return y2d.reshape(f, n, ho, row_pitch)[:, :, :, :wo].transpose(1, 0, 2, 3)
+    return y2d.reshape(f, n, ho, wo).transpose(1, 0, 2, 3)
+
+
+def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, padding: tuple,
+               out_hw: tuple, relu: bool = False, mask: Any = None) -> tuple:
+    """Buffers for convolving a batch of x's shape, and ``convolve(x_b, out_b, lo, hi)``, which
+    writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` for such a batch x_b (pad, im2col, product,
+    reorder; the whole batch by default), then ``max(., 0)`` with ``relu`` (and ``mask[lo:hi]``,
+    if given, the ReLU's mask). Returns ``(convolve, columns)``.
+    """
+    xp = backend_of(x).xp
+    n, f = x.shape[0], w2d.shape[0]
+    columns = columns_for(x, kernel, stride, padding, out_hw)
+    cols, L = columns.cols, columns.per_image
+    y2d = scratch(xp, "conv.y", (f, cols.shape[1]), cols.dtype)
+    y = _pixels(y2d, n, out_hw, columns.row_pitch)
+    bias_column = None if bias is None else bias.reshape(f, 1)
+
+    def convolve(x_b: Any, out_b: Any, lo: int = 0, hi: Any = None) -> None:
+        hi = x_b.shape[0] if hi is None else hi
+        fill_columns(columns, x_b, lo, hi)
+        # Y = W @ cols: every output pixel's dot product, the images lo..hi-1 in one product
+        c = slice(lo * L, hi * L)
+        xp.matmul(w2d, cols[:, c], out=y2d[:, c])
+        # the bias (and the ReLU) on Y's long rows, then one reordering copy: 2-3x faster than
+        # adding the bias on the way, through the reordered view's short rows (measured)
+        if bias is not None:
+            xp.add(y2d[:, c], bias_column, out=y2d[:, c])
+        if relu:  # while the block is still in this core's cache
+            relu_in_place(y2d[:, c])
+        out_b[lo:hi] = y[lo:hi]
+        if mask is not None:  # the ReLU's mask [y > 0], for backward
+            xp.greater(out_b[lo:hi], 0, out=mask[lo:hi])
+
+    return convolve, columns
+
+
+def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                   relu: bool = False, pool: Any = None):
+    """``tinynet.functional.conv2d_forward``, fast; the same ``(y, cache)`` contract.
+
+    ``relu=True`` returns ``max(conv(x), 0)``; ``pool=(kernel, stride)`` then max-pools that
+    (no padding) and returns the pooled output: the epilogues that ``tinynet.fuse`` uses. The
+    cache is None inside ``tinynet.no_grad()`` (nothing is kept for a backward).
+    """
+    xp = backend_of(x).xp
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    N, C, H, W = x.shape
+    F, _, kh, kw = weight.shape
+    ho = conv_output_size(H, kh, stride[0], padding[0])
+    wo = conv_output_size(W, kw, stride[1], padding[1])
+    w2d = weight.reshape(F, C * kh * kw)
+    wp = W + 2 * padding[1]
+    training = is_grad_enabled()
+    out = scratch(xp, "conv.out", (N, F, ho, wo), x.dtype)
+    mask = scratch(xp, "conv.relu_mask", (N, F, ho, wo), xp.bool_) if relu and training else None
+    by_rows = training and _by_rows((kh, kw), wp)
+    geometry = ((kh, kw), stride, padding, (ho, wo))
+    pool_block = None
+    if pool is not None:  # (buffers only: each block is pooled once it is convolved)
+        pool_block, pooled, pool_cache = maxpool2d_forward_blocks(out, pool[0], pool[1], 0)
+
+    if not training:
+        # evaluation: no columns are kept, so each thread convolves its images a slice at a
+        # time through buffers for one slice (on the GPU the whole batch is one slice)
+        per_image = C * kh * kw * ho * wp
+        step = max(1, _EVAL_COLS_ELEMENTS // per_image) if backend_of(x).device == "cpu" \
+            else max(N, 1)
+
+        def block(lo: int, hi: int) -> None:  # one thread's images
+            convolvers = {}  # slice size -> its convolver (the last slice may be shorter)
+            for n0 in range(lo, hi, step):
+                n1 = min(n0 + step, hi)
+                if n1 - n0 not in convolvers:
+                    convolvers[n1 - n0] = _convolver(x[n0:n1], w2d, bias, *geometry, relu)[0]
+                convolvers[n1 - n0](x[n0:n1], out[n0:n1])
+            if pool_block is not None:
+                pool_block(lo, hi)
+
+        for_batch(xp, N, block, per_item=per_image)
+        return (out, None) if pool is None else (pooled, None)
+    if by_rows:  # training by rows: R and T are kept for backward
+        convolve, rows, band = rows_convolver(x, weight, bias, *geometry, relu, mask)
+        convolve(x, out)  # (its threads split the output rows)
+        cache = RowsCache(rows, band, weight, x.shape, stride, padding, bias is not None, mask)
+        if pool_block is not None:  # (blocks of rows are no blocks of pooling windows)
+            for_batch(xp, N, pool_block, per_item=F * ho * wo)
+    else:
+        # training: the columns of the whole batch are kept for backward; each thread fills and
+        # multiplies its block of images, then pools it while it is in its core's cache
+        convolve, columns = _convolver(x, w2d, bias, *geometry, relu, mask)
+
+        def block(lo: int, hi: int) -> None:
+            convolve(x, out, lo, hi)
+            if pool_block is not None:
+                pool_block(lo, hi)
+
+        for_batch(xp, N, block, per_item=columns.cols.shape[0] * columns.per_image)
+        cache = ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
+                          columns.row_pitch, mask)
+    if pool is None:
+        return out, cache
+    return pooled, PooledCache(cache, pool_cache)
+
+
+def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
+    """``tinynet.functional.conv2d_backward``, fast: ``(dx, dw, db)`` for a cache of
+    :func:`conv2d_forward` (a ConvCache, a RowsCache, or a PooledCache whose dy is dL/d(pooled
+    output)). With a fused ReLU, dy is dL/d(the ReLU's output) and dy * mask comes first.
+    """
+    pool_block = None
+    if isinstance(cache, PooledCache):  # dy is dL/d(pooled output): the pooling's backward first
+        if isinstance(cache.conv, RowsCache) or backend_of(dy).device != "cpu":
+            return conv2d_backward(maxpool2d_backward(dy, cache.pool), cache.conv, input_grad)
+        # ... on each block of images, as they come (dy becomes the buffer the blocks fill)
+        pool_block, dy = maxpool2d_backward_blocks(dy, cache.pool)
+        cache = cache.conv
+    if isinstance(cache, RowsCache):  # convolved by rows (conv_rows.py)
+        return conv2d_rows_backward(dy, cache, input_grad)
+    xp = backend_of(dy).xp
+    cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch, mask = cache
+    F, _, kh, kw = weight.shape
+    ho, wo = dy.shape[2:]
+    L = cols.shape[1] // N if N else 0  # columns per image
+
+    # dY laid out like the columns: (C_out, N*L); for flat rows, rows of length W_pad with zeros
+    # in the junk columns (a recycled buffer of this role only ever had its valid columns written)
+    dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, N, ho, pitch or wo), dy.dtype)
+    dY = dy_rows.reshape(F, cols.shape[1])
+    if input_grad:
+        w2d_t = weight.reshape(F, C * kh * kw).T
+        dcols = scratch(xp, "conv.dcols", cols.shape, cols.dtype)
+        dx_pad = col2im_buffer(xp, (N, C, H, W), (ph, pw), pitch, cols.dtype)
+
+    K = cols.shape[0]  # C_in*kh*kw: one row of columns per weight position
+
+    def block(lo: int, hi: int) -> tuple:
+        """The images lo..hi-1 (one thread): their dx, and their share of dW and db."""
+        n = hi - lo
+        if pool_block is not None:  # dL/d(conv or ReLU output) of these images, from the pooling
+            pool_block(lo, hi)
+        # (after a ReLU that ran as the forward's last step, its backward first: dy * mask)
+        relu_backward_into(dy[lo:hi].transpose(1, 0, 2, 3),
+                           None if mask is None else mask[lo:hi].transpose(1, 0, 2, 3),
+                           dy_rows[:, lo:hi, :, :wo])
+        c = slice(lo * L, hi * L)
+        # dL/dW = sum over images and positions of dy (x) window
+        if K < _FEW_ROWS:  # a stack of per-image products, then their sum (see _FEW_ROWS)
+            dw = xp.matmul(dY[:, c].reshape(F, n, L).transpose(1, 0, 2),
+                           cols[:, c].reshape(K, n, L).transpose(1, 2, 0)).sum(axis=0)
+        else:  # ONE product sums over the block's images and positions
+            dw = dY[:, c] @ cols[:, c].T
+        # dL/db = sum of dy over images and positions (the junk columns are zeros)
+        db = dY[:, c].sum(axis=1) if has_bias else None
+        if input_grad:
+            # dL/dcols = W^T @ dY: each window's share of the input gradient
+            xp.matmul(w2d_t, dY[:, c], out=dcols[:, c])
+            col2im_block(dcols, dx_pad, (N, C, H, W), (kh, kw), (sh, sw), (ho, wo), pitch,
+                         lo, hi)
+        return dw, db
+
+    # one block per thread; the blocks' shares of dW and db are added in block order
+    dw, db = add_blocks(for_batch(xp, N, block, per_item=K * L))
+    dw = dw.reshape(weight.shape)
+    if not input_grad:
+        return None, dw, db
+    return dx_pad[:, :, ph : ph + H, pw : pw + W], dw, db
+
+
+# dW of columns with fewer rows than this (C_in*kh*kw: a first layer on 1-3 channels) is a stack
+# of per-image products: the ONE 2-D product with so few rows and a long inner dimension does not
+# run side by side in two threads, a stack of products does.
+_FEW_ROWS = 64
+
+
+def col2im_buffer(xp: Any, x_shape: tuple, padding: tuple, row_pitch: int, dtype: Any) -> Any:
+    """The padded input gradient that :func:`col2im_block` adds into (with the spare row for
+    flat rows); each block zeroes its own images first."""
+    N, C, H, W = x_shape
+    ph, pw = padding
+    hp, wp = H + 2 * ph, W + 2 * pw
+    return scratch(xp, "conv.dx", (N, C, hp + (1 if row_pitch else 0), wp), dtype)
+
+
+def col2im_block(dcols: Any, dx_pad: Any, x_shape: tuple, kernel: tuple, stride: tuple,
+                 out_hw: tuple, row_pitch: int, lo: int, hi: int) -> None:
+    """The adjoint of im2col for images lo..hi-1: add each column entry back onto the input pixel
+    it came from.
+
+    ``dcols`` has the columns' layout (C*kh*kw, N*L); ``dx_pad`` (from :func:`col2im_buffer`) is
+    the padded input gradient (N, C, H_pad (+1), W_pad); only its images lo..hi-1 are written.
+    """
+    N, C = x_shape[:2]
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    wp = dx_pad.shape[3]
+    dx_pad[lo:hi] = 0
+    if hi <= lo:  # no images (an empty batch)
+        return
+    if row_pitch:
+        # flat rows: offset (u, v) touches the contiguous slice [u*W_pad + v, ... + L) of every
+        # (image, channel); with the spare row, as in im2col, slices of two channels never meet
+        L = ho * wp
+        dcols = dcols.reshape(C, kh, kw, N, L)[:, :, :, lo:hi]
+        # each (image, channel) of dx_pad as one flat row, channels first like the columns' rows
+        dx_rows = dx_pad[lo:hi].reshape(hi - lo, C, -1).transpose(1, 0, 2)
+        for u in range(kh):
+            for v in range(kw):
+                start = u * wp + v
+                dx_rows[:, :, start : start + L] += dcols[:, u, v]
+    else:
+        # plain: offset (u, v) touches the strided slice x_pad[:, :, u::s_h, v::s_w]
+        dcols = dcols.reshape(C, kh, kw, N, ho, wo)[:, :, :, lo:hi]
+        dx_t = dx_pad[lo:hi].transpose(1, 0, 2, 3)  # (C, n, H_pad, W_pad), like the columns' rows
+        for u in range(kh):
+            for v in range(kw):
+                dx_t[:, :, u : u + sh * ho : sh, v : v + sw * wo : sw] += dcols[:, u, v]

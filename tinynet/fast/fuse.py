@@ -1,0 +1,217 @@
+"""Fusion as an explicit step: ``tinynet.fuse(model)`` runs a layer and the ReLU (and max pooling)
+after it as one call.
+
+In a plain model every module reads its whole input and writes its whole output: a ReLU after a
+convolution is one more pass over memory, a max pooling another. The fused module does those
+steps inside the convolution, on each thread's block of images while it is still in the core's
+cache (the ``relu=`` and ``pool=`` epilogues of ``conv.py``), and its backward applies their
+backward as the convolution reorders dY anyway.
+
+``fuse`` returns a NEW model: the original is left as it is and keeps working on its own. The
+fused model shares the original's Parameters and buffers (an optimizer over
+``model.parameters()`` trains both), but keeps its own forward caches and train/eval mode, so
+the two can run in any order; save the original (its state-dict keys are the plain ones).
+Each fused group computes exactly the same outputs and gradients as its modules run one by one
+(tested bit for bit). Inside ``tinynet.use_reference()``, or off the CPU, a fused group runs the
+same steps' kernels in turn (keeping their caches itself: its modules' own state is untouched).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .. import kernels
+from ..backend import device_of, is_grad_enabled
+from ..nn._checks import check_layer_input
+from ..nn.activation import ReLU
+from ..nn.conv import Conv2d
+from ..nn.linear import Linear
+from ..nn.module import _NO_CACHE, Module, Sequential
+from ..nn.pooling import MaxPool2d
+from . import conv as fast_conv
+from .activation import relu_in_place
+
+
+class _InTurn(tuple):
+    """The caches of a group whose kernels ran one after another (reference mode, or no fast
+    kernel for the device): one per step, in forward order."""
+
+
+class _Fused(Module):
+    """A layer and the operations after it, run as one call (see the module docstring).
+
+    Subclasses give ``check(x)``, ``one_call(x) -> (y, cache)`` with its
+    ``one_call_backward(dy, cache, input_grad) -> (dx, dw, db)``, and ``steps``: the same math as
+    dispatcher calls, run in turn where the fast engine has no fused kernel.
+    """
+
+    accepts_input_grad = True
+
+    def __init__(self, *parts: Module) -> None:
+        super().__init__()
+        for i, part in enumerate(parts):
+            self._modules[str(i)] = part
+
+    @property
+    def parts(self) -> list:
+        return list(self._modules.values())
+
+    def forward(self, x: Any) -> Any:
+        self.check(x)
+        if kernels.get_mode() == "fast" and device_of(x) == "cpu":
+            y, cache = self.one_call(x)
+        else:  # the same steps through the dispatcher, their caches kept here
+            y, caches = x, []
+            for step_forward, _ in self.steps():
+                y, c = step_forward(y)
+                caches.append(c)
+            cache = _InTurn(caches)
+        self.save_for_backward((cache, y.shape))
+        return y
+
+    def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
+        cache, y_shape = self.saved()
+        self.check_grad_output(grad_output, y_shape)
+        if isinstance(cache, _InTurn):
+            steps = self.steps()
+            d = grad_output
+            for (_, step_backward), c in zip(reversed(steps[1:]), reversed(cache[1:]),
+                                             strict=True):
+                d = step_backward(d, c)
+            dx, dw, db = steps[0][1](d, cache[0], input_grad)
+        else:
+            dx, dw, db = self.one_call_backward(grad_output, cache, input_grad)
+        layer = self.parts[0]
+        layer.weight.accumulate_grad(dw)
+        if layer.bias is not None:
+            layer.bias.accumulate_grad(db)
+        return dx
+
+    def __repr__(self) -> str:
+        names = "+".join(type(p).__name__ for p in self.parts)
+        args = [p.extra_repr() for p in self.parts]
+        return f"{names}({' | '.join(a for a in args if a)})"
+
+
+def _relu_step() -> tuple:
+    return kernels.relu_forward, kernels.relu_backward
+
+
+class ConvReLU(_Fused):
+    """Conv2d + ReLU (+ MaxPool2d without padding) in one call."""
+
+    def check(self, x: Any) -> None:
+        conv = self.parts[0]
+        check_layer_input(f"Conv2d({conv.extra_repr()})", x, conv.weight.data)
+        out_shape = conv.output_shape(x.shape)
+        if len(self.parts) > 2:
+            self.parts[2].output_shape(out_shape)  # the pooling's own errors
+
+    def _arguments(self) -> tuple:
+        conv = self.parts[0]
+        bias = None if conv.bias is None else conv.bias.data
+        pool = self.parts[2] if len(self.parts) > 2 else None
+        return conv, bias, pool
+
+    def one_call(self, x: Any) -> tuple:
+        conv, bias, pool = self._arguments()
+        return fast_conv.conv2d_forward(
+            x, conv.weight.data, bias, conv.stride, conv.padding, relu=True,
+            pool=None if pool is None else (pool.kernel_size, pool.stride))
+
+    def one_call_backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple:
+        return fast_conv.conv2d_backward(dy, cache, input_grad=input_grad)
+
+    def steps(self) -> list:
+        conv, bias, pool = self._arguments()
+        steps = [(lambda x: kernels.conv2d_forward(x, conv.weight.data, bias, conv.stride,
+                                                   conv.padding),
+                  lambda d, c, input_grad: kernels.conv2d_backward(d, c, input_grad=input_grad)),
+                 _relu_step()]
+        if pool is not None:
+            steps.append((lambda x: kernels.maxpool2d_forward(x, pool.kernel_size, pool.stride),
+                          kernels.maxpool2d_backward))
+        return steps
+
+
+class LinearReLU(_Fused):
+    """Linear + ReLU in one call: ``y = max(x @ W^T + b, 0)``, the ReLU applied in place."""
+
+    def check(self, x: Any) -> None:
+        linear = self.parts[0]
+        check_layer_input(f"Linear({linear.extra_repr()})", x, linear.weight.data)
+        linear.output_shape(x.shape)
+
+    def one_call(self, x: Any) -> tuple:
+        linear = self.parts[0]
+        y = x @ linear.weight.data.T
+        if linear.bias is not None:
+            y += linear.bias.data
+        relu_in_place(y)
+        return y, ((y > 0) if is_grad_enabled() else None, x)
+
+    def one_call_backward(self, dy: Any, cache: Any, input_grad: bool) -> tuple:
+        mask, x = cache
+        g = dy * mask  # dL/d(linear output): the ReLU's backward first
+        linear = self.parts[0]
+        dx = g @ linear.weight.data if input_grad else None
+        return dx, g.T @ x, (g.sum(axis=0) if linear.bias is not None else None)
+
+    def steps(self) -> list:
+        linear = self.parts[0]
+        bias = None if linear.bias is None else linear.bias.data
+        return [(lambda x: kernels.linear_forward(x, linear.weight.data, bias),
+                 lambda d, c, input_grad: kernels.linear_backward(d, c, input_grad=input_grad)),
+                _relu_step()]
+
+
+def _plain(module: Module, cls: type) -> bool:
+    """Exactly that class, with no forward or backward replaced on the instance (a recording
+    wrapper, as tinynet.inspect puts on, must see every call)."""
+    d = module.__dict__
+    return type(module) is cls and "forward" not in d and "backward" not in d
+
+
+def _own_state(module: Module) -> Module:
+    """A leaf module that shares the original's Parameters and buffers but keeps its own cache
+    and mode, so that running the plain model and the fused one in any order never mixes their
+    forward passes. (A module with children, or one wrapped on the instance, is kept as it is.)"""
+    d = module.__dict__
+    if module._modules or "forward" in d or "backward" in d:
+        return module
+    twin = copy.copy(module)  # (the same _parameters and _buffers tables: shared weights)
+    object.__setattr__(twin, "_cache", _NO_CACHE)
+    return twin
+
+
+def fuse(model: Module) -> Module:
+    """A new model in which each Conv2d+ReLU(+MaxPool2d) and Linear+ReLU runs as one call.
+
+    Works on a :class:`Sequential` (nested ones too); any other module is returned as it is. The
+    groups share the original's Parameters; ``repr`` shows them, e.g. ``Conv2d+ReLU+MaxPool2d``.
+    """
+    if not isinstance(model, Sequential):
+        return model
+    children = [fuse(m) if isinstance(m, Sequential) else m for m in model]
+    out, i = [], 0
+    while i < len(children):
+        m = children[i]
+        nxt = children[i + 1] if i + 1 < len(children) else None
+        after = children[i + 2] if i + 2 < len(children) else None
+        if nxt is not None and _plain(nxt, ReLU) and _plain(m, Conv2d):
+            if after is not None and _plain(after, MaxPool2d) and after.padding == (0, 0):
+                out.append(ConvReLU(m, nxt, after))
+                i += 3
+            else:
+                out.append(ConvReLU(m, nxt))
+                i += 2
+        elif nxt is not None and _plain(nxt, ReLU) and _plain(m, Linear):
+            out.append(LinearReLU(m, nxt))
+            i += 2
+        else:
+            out.append(_own_state(m))
+            i += 1
+    fused = Sequential(*out)
+    fused.train(model.training)
+    return fused
