@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # %% Run it. From a terminal: python examples/05_look_inside.py [flags]. In a notebook
-# (Jupyter, VS Code), call main([]) instead, or main(["--epochs", "1"]) with the flags you
+# (Jupyter, VS Code), this cell calls main([]); call main(["--epochs", "1"]) with the flags you
 # want: there, the command-line arguments are the kernel's own, not this script's.
 if __name__ == "__main__":
-    raise SystemExit(main())
+    if "ipykernel" in sys.modules:  # a notebook: the kernel's arguments are not this script's
+        main([])
+    else:
+        raise SystemExit(main())

@@ -110,6 +110,23 @@ def test_fit_learns_and_writes_history(sample, tmp_path, capsys):
     assert result["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-6)
 
 
+@pytest.mark.parametrize("kernels_mode", ["fast", "reference"])
+def test_fit_on_the_fused_copy_equals_fit_on_the_plain_model(sample, kernels_mode, monkeypatch):
+    """fit(fuse=True) (the default) trains a fused copy sharing the model's Parameters: the same
+    history and weights bit for bit as fit(fuse=False), which runs the modules one by one; and
+    the reference kernels alone learn the same (to rounding)."""
+    monkeypatch.setattr(tinynet.kernels, "_mode", kernels_mode)
+    train, test = _subset(sample[0], 256), _subset(sample[1], 128)
+    runs = []
+    for fuse in (True, False):
+        model, loss_fn, opt, loader = _setup(train)
+        history = fit(model, loss_fn, opt, loader, epochs=2, val_loader=DataLoader(test, 64),
+                      progress=False, verbose=False, fuse=fuse)
+        runs.append(([(e["train_loss"], e["val_loss"]) for e in history], _weights(model)))
+    assert runs[0][0] == runs[1][0]
+    _assert_same_weights(runs[0][1], runs[1][1])
+
+
 def test_fit_without_validation_or_out_dir(sample):
     model, loss_fn, opt, loader = _setup(_subset(sample[0], 64))
     history = fit(model, loss_fn, opt, loader, epochs=1, progress=False, verbose=False)

@@ -11,10 +11,12 @@ from . import (  # noqa: E402  (training: fit/evaluate, checkpoints)
     backend,
     checkpoint,
     data,
+    experiments,
     fast,  # (registers the fast engine's kernels with the dispatcher)
     functional,
     inspect,  # noqa: E402  (summary and trace: tinynet.inspect, not the stdlib's)
     kernels,
+    lab,
     models,
     nn,
     optim,
@@ -33,12 +35,15 @@ from .backend import (
     to_device,
     to_numpy,
 )
-from .checkpoint import load, load_into, save  # noqa: E402
+from .checkpoint import CheckpointError, load, load_into, save  # noqa: E402
 from .fast import fuse
 from .fast.threads import get_num_threads, set_num_threads
 from .gradcheck import GradcheckError, gradcheck
 from .inspect import summary  # noqa: E402
 from .kernels import use_reference
+from .lab import explain_backward
+
+explain = explain_backward  # tinynet.explain(model, x, y): one backward pass with its numbers
 
 __version__ = "0.1.0"
 
@@ -67,6 +72,11 @@ __all__ = [
     "fuse",
     "kernels",
     "use_reference",
+    "lab",
+    "experiments",
+    "explain",
+    "explain_backward",
+    "CheckpointError",
     "get_num_threads",
     "set_num_threads",
     "checkpoint",

@@ -44,6 +44,7 @@ from typing import Any
 
 from . import backend as B
 from . import checkpoint as ckpt_io
+from .fast import fuse as fuse_model
 from .nn.loss import CrossEntropyLoss
 
 HISTORY_KEYS = (
@@ -248,6 +249,7 @@ def fit(
     resume_hint: str | None = None,
     meta: dict | None = None,
     monitor: Any = None,
+    fuse: bool = True,
 ) -> History:
     """Train ``model`` until ``epochs`` epochs are done; return the :class:`History`.
 
@@ -280,6 +282,9 @@ def fit(
         resume_hint: the command to print after a Ctrl-C to continue (e.g. the example script's
             ``--resume`` command line).
         meta: extra JSON-friendly data stored in every checkpoint (e.g. the run's settings).
+        fuse: train and evaluate a fused copy of the model (:func:`tinynet.fuse`: each
+            Conv2d+ReLU(+MaxPool2d) and Linear+ReLU as one call, the same numbers bit for bit,
+            sharing the model's Parameters); False runs the model's modules one by one.
         monitor: watch the gradient flow: True for a :class:`tinynet.lab.flow.FlowMonitor` with
             its defaults, or a monitor object (``FlowMonitor(every=K)``). Every K updates it
             records each layer's gradient and weight norms, its update/weight ratio, the
@@ -326,11 +331,8 @@ def fit(
     epoch, skip, partial = int(start_epoch), 0, None
     if resume is not None:
         saved = ckpt_io.load_into(resume, model, optimizer, scheduler=scheduler,
-                                  loader=train_loader if stateful else None, restore_rng=True)
-        if "epochs_completed" not in saved:
-            raise ckpt_io.CheckpointError(
-                f"fit(resume={str(resume)!r}): this checkpoint was not written by fit (no "
-                f"'epochs_completed'); load it with tinynet.load_into and pass start_epoch")
+                                  loader=train_loader if stateful else None, restore_rng=True,
+                                  require=("epochs_completed", "batch", "partial"))
         epoch, skip, partial = saved["epochs_completed"], saved["batch"], saved["partial"]
         history.extend(saved.get("history", []))
         if stateful:
@@ -365,6 +367,8 @@ def fit(
             print(f"nothing to do: {epoch} epochs already done (epochs={epochs})", flush=True)
         return history
 
+    # what runs the batches: the model, or its fused copy (same Parameters, same numbers)
+    net = fuse_model(model) if fuse else model
     n_batches = len(train_loader) if hasattr(train_loader, "__len__") else None
     if monitor is not None:  # flow.jsonl: afresh, or appended to as history.jsonl is
         monitor.start(model, out_dir=out, append=resume is not None or start_epoch > 0,
@@ -379,7 +383,7 @@ def fit(
     try:
         while epoch < epochs:  # 7. repeat for the epochs
             t_epoch = time.perf_counter()
-            model.train()
+            net.train()
             lr = _current_lr(optimizer)
             # The loader's state before this epoch's shuffle: with `batch` set to the batches
             # done, it is the loader's exact position at any point of the epoch.
@@ -398,7 +402,7 @@ def fit(
             t_train = time.perf_counter()
             t_done = t_train
             for x, y in batches:  # 1. get a batch (6. repeat until the epoch's data is used up)
-                logits = model(x)  # 2. forward propagation: the class scores (N, 10)
+                logits = net(x)  # 2. forward propagation: the class scores (N, 10)
                 try:
                     loss = loss_fn(logits, y)  # 3. the loss: how wrong the scores are
                 except ValueError:
@@ -413,10 +417,10 @@ def fit(
                 optimizer.zero_grad()
                 # 4. gradients dL/dw by backpropagation; the images learn nothing, so a model that
                 #    can (Sequential, Conv2d, Linear) skips the costly gradient for its input
-                if getattr(type(model), "accepts_input_grad", False):
-                    model.backward(loss_fn.backward(), input_grad=False)
+                if getattr(type(net), "accepts_input_grad", False):
+                    net.backward(loss_fn.backward(), input_grad=False)
                 else:
-                    model.backward(loss_fn.backward())
+                    net.backward(loss_fn.backward())
                 watch = monitor is not None and monitor.due(epoch, sums["batches"] + 1)
                 if watch:  # gradient flow: the norms, the activations, the weights before
                     monitor.before_step(model, x)
@@ -450,7 +454,7 @@ def fit(
                 raise ValueError("fit: the training loader gave no batches (empty dataset?)")
 
             # The epoch's training is done; measure on the validation data.
-            val = evaluate(model, val_loader, loss_fn) if val_loader is not None else None
+            val = evaluate(net, val_loader, loss_fn) if val_loader is not None else None
             with _DeferCtrlC():  # closing the epoch: schedule, history, all or nothing
                 updating = True
                 if scheduler is not None and scheduler_interval == "epoch":

@@ -4,3 +4,9 @@
 * :mod:`tinynet.lab.bugs`: a catalogue of realistic backward-pass bugs, and what catches each.
 * :mod:`tinynet.lab.flow`: gradient flow during training (norms, update ratios, dead ReLUs).
 """
+
+from . import explain, flow
+from .explain import explain_backward
+from .flow import FlowMonitor
+
+__all__ = ["explain", "explain_backward", "flow", "FlowMonitor"]
