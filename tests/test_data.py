@@ -763,6 +763,26 @@ def test_state_round_trip_mid_epoch(stop_after):
     assert b.epoch == a.epoch == 3
 
 
+@pytest.mark.parametrize("stop_after", [0, 3])
+def test_a_restored_loader_reports_the_restored_position_before_it_is_iterated(stop_after):
+    """state_dict() right after load_state_dict() (a checkpoint saved before the first batch of
+    a resumed run) is the state that was loaded: no batch is replayed or skipped."""
+    ds = tiny_dataset(30)
+    a = DataLoader(ds, 4, shuffle=True, seed=11)
+    it = iter(a)
+    for _ in range(stop_after):
+        next(it)
+    state = json.loads(json.dumps(a.state_dict()))
+    rest_a = [int(v) for _, y in it for v in y]
+    b = DataLoader(ds, 4, shuffle=True, seed=0)
+    b.load_state_dict(state)
+    again = json.loads(json.dumps(b.state_dict()))
+    assert again == state
+    c = DataLoader(ds, 4, shuffle=True, seed=0)
+    c.load_state_dict(again)
+    assert epoch_labels(c) == rest_a
+
+
 def test_load_state_rejects_a_different_loader():
     state = DataLoader(tiny_dataset(30), 4, shuffle=True, seed=1).state_dict()
     with pytest.raises(ValueError, match="batch_size=4 but this loader has batch_size=5"):

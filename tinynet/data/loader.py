@@ -279,6 +279,9 @@ class DataLoader:
         if self._in_progress and self._batches_done < len(self):
             epoch, batch, state = self._epoch - 1, self._batches_done, self._epoch_start_state
             transform_state = self._epoch_start_transform  # the batches done are replayed
+        elif self._resume_batch:  # restored mid-epoch and not iterated since: that same point
+            epoch, batch, state = self._epoch, self._resume_batch, self._rng.bit_generator.state
+            transform_state = self._transform_state()
         else:
             epoch, batch, state = self._epoch, 0, self._rng.bit_generator.state
             transform_state = self._transform_state()
