@@ -9,6 +9,11 @@ resident memory (RSS) of each is measured honestly; both use the same number of 
 Reported per run: epoch time, images/s, the time to evaluate the 10,000 test images (batches of
 1000, no gradients), test accuracy after the epoch (a sanity check) and peak RSS.
 
+tinynet runs one of three ways (``--frameworks``): ``tinynet``, the loop ``fit`` runs (the fused
+model, ``tinynet.fuse``, on the fast engine); ``tinynet-plain``, a user's own loop on the plain
+model (every module on its own, fast engine); ``tinynet-reference``, the plain model on the
+reference kernels alone (``tinynet.use_reference()``): what the fast engine buys.
+
     python benchmarks/bench_train.py                   # full epoch at batch 16, 64, 256
     python benchmarks/bench_train.py --quick           # a few batches: a smoke test
     python benchmarks/bench_train.py --repeats 3       # each run 3 times, medians reported
@@ -49,6 +54,9 @@ def run_tinynet(args) -> dict:
     from tinynet import nn
     from tinynet.models import course_cnn
 
+    if args.worker == "tinynet-reference":
+        tinynet.kernels.set_mode("reference")
+
     xtr, ytr = C.load_fashion_mnist(True, args.sample)
     xte, yte = C.load_fashion_mnist(False, args.sample)
     tinynet.manual_seed(args.seed)
@@ -57,6 +65,8 @@ def run_tinynet(args) -> dict:
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = _batches(len(ytr), args.batch_size, args.seed, args.max_batches)
     warm = model.copy()  # warm-up steps on a throwaway copy: first-call costs are not timed
+    if args.worker == "tinynet":  # as fit runs it: the fused copy (same Parameters)
+        warm, model = tinynet.fuse(warm), tinynet.fuse(model)
     for idx in batches[:WARMUP]:
         loss_fn(warm(C.normalise(xtr[idx])), ytr[idx])
         warm.backward(loss_fn.backward(), input_grad=False)
@@ -130,7 +140,7 @@ def run_torch(args) -> dict:
 
 def worker(args) -> int:
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
-    result = run_tinynet(args) if args.worker == "tinynet" else run_torch(args)
+    result = run_torch(args) if args.worker == "torch" else run_tinynet(args)
     result["peak_rss_mb"] = C.peak_rss_mb()
     print(json.dumps(result))
     return 0
@@ -147,10 +157,13 @@ def _median_run(runs: list) -> dict:
     return row
 
 
-def _pairs(runs: list, bs: int) -> list:
-    """(tinynet run, torch run) of each round at batch ``bs``."""
+def _pairs(runs: list, bs: int, fw: str) -> list:
+    """(``fw`` run, torch run) of each round at batch ``bs``."""
     by = {(r["framework"], r["round"]): r for r in runs if r["batch_size"] == bs}
-    return [(by["tinynet", k], by["torch", k]) for k in sorted({r for _, r in by})]
+    return [(by[fw, k], by["torch", k]) for k in sorted({r for _, r in by})]
+
+
+TINYNET_WAYS = ["tinynet", "tinynet-plain", "tinynet-reference"]
 
 
 def parse_args(argv=None):
@@ -164,7 +177,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds of every run; the table shows the medians")
     p.add_argument("--frameworks", nargs="+", default=["tinynet", "torch"],
-                   choices=["tinynet", "torch"])
+                   choices=TINYNET_WAYS + ["torch"])
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 20 batches per run, batch 64 only")
     p.add_argument("--sample", action="store_true",
@@ -172,7 +185,7 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=None,
                    help="folder for the JSON (default benchmarks/results)")
     p.add_argument("--name", default=None, help="JSON file name (default bench_train[_quick])")
-    p.add_argument("--worker", choices=["tinynet", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=TINYNET_WAYS + ["torch"], help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -204,23 +217,24 @@ def main(argv=None) -> int:
             # the time of a full 60,000-image epoch (measured directly when max_batches is None)
             r["epoch_s"] = r["train_s"] * 60000 / r["images"]
             runs.append(r)
-            print(f"  {fw:8s} batch {bs:4d}: {r['train_s']:.2f} s for {r['images']} images, "
+            print(f"  {fw:17s} batch {bs:4d}: {r['train_s']:.2f} s for {r['images']} images, "
                   f"eval {r['eval_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
 
     rows, rounds = [], []
     for bs in args.batch_sizes:
         by = {fw: _median_run([r for r in runs if r["batch_size"] == bs and r["framework"] == fw])
               for fw in frameworks}
-        t, p = by.get("tinynet"), by.get("torch")
-        if t and p:
-            rounds.append(dict(batch_size=bs, epoch_ratios=[
-                a["epoch_s"] / b["epoch_s"] for a, b in _pairs(runs, bs)], eval_ratios=[
-                a["eval_s"] / b["eval_s"] for a, b in _pairs(runs, bs)]))
+        p = by.get("torch")
         for fw, r in by.items():
             rows.append([fw, bs, r["epoch_s"], r["images_per_s"], r["eval_s"], r["peak_rss_mb"],
                          r["accuracy"], None, None])
-        if t and p:
-            rows.append(["**tinynet / torch**", bs, t["epoch_s"] / p["epoch_s"], None,
+        for fw, t in by.items():
+            if fw == "torch" or p is None:
+                continue
+            rounds.append(dict(framework=fw, batch_size=bs, epoch_ratios=[
+                a["epoch_s"] / b["epoch_s"] for a, b in _pairs(runs, bs, fw)], eval_ratios=[
+                a["eval_s"] / b["eval_s"] for a, b in _pairs(runs, bs, fw)]))
+            rows.append([f"**{fw} / torch**", bs, t["epoch_s"] / p["epoch_s"], None,
                          t["eval_s"] / p["eval_s"], t["peak_rss_mb"] / p["peak_rss_mb"], None,
                          None, None])
     header = ["framework", "batch", "epoch s", "images/s", "eval 10k s", "peak RSS MB",
@@ -234,7 +248,7 @@ def main(argv=None) -> int:
     if args.repeats > 1:
         print(f"\nmedians of {args.repeats} rounds; tinynet / torch in each round:")
         for r in rounds:
-            print(f"  batch {r['batch_size']}: epoch "
+            print(f"  {r['framework']}, batch {r['batch_size']}: epoch "
                   + " ".join(f"{v:.3g}" for v in r["epoch_ratios"]) + ", eval "
                   + " ".join(f"{v:.3g}" for v in r["eval_ratios"]))
     name = args.name or ("bench_train_quick" if args.quick else "bench_train")

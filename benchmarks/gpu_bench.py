@@ -1,5 +1,5 @@
 """tinynet on a device vs PyTorch on the same device: every layer of the course network, the loss,
-a whole training step, and the fused CUDA kernels vs their generic versions.
+a whole training step, and the fast engine's CUDA kernels vs the reference kernels.
 
 Usage (from the repository root)::
 
@@ -189,28 +189,35 @@ def torch_train_step(torch, batch, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# Fused CUDA kernels vs the generic xp code, on the same device
+# The fast engine's kernels (on CUDA: tinynet/fast/cuda.py) vs the reference, on the same device
 # ----------------------------------------------------------------------------------------------
 def fused_cases(batch, device):
+    """name -> (fast way, reference way): each a function of no arguments."""
+    from tinynet import kernels
+
     backend = B.get_backend(device)
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((batch, 6, 24, 24)), dtype=np.float32)
-    y, cache = F.maxpool2d_forward(x, 2, 2)
+    y, fast_cache = kernels.maxpool2d_forward(x, 2, 2)  # (its backward follows the cache)
+    with tinynet.use_reference():
+        _, ref_cache = kernels.maxpool2d_forward(x, 2, 2)
     dy = backend.asarray(rng.standard_normal(y.shape), dtype=np.float32)
-    pool = (x.shape, cache.kernel, cache.stride, cache.padding)
     tinynet.manual_seed(0)
     params = [p.data for p in course_network(device).parameters()]
     grads = [backend.xp.ones_like(p) * 1e-3 for p in params]
     bufs = [backend.xp.zeros_like(p) for p in params]
 
-    def sgd():
-        for p, g, b in zip(params, grads, bufs, strict=True):
-            backend.sgd_update(p, g, b, 0.01, momentum=0.9)
+    def sgd(update):
+        def run():
+            for p, g, b in zip(params, grads, bufs, strict=True):
+                update(p, g, b, 0.01, momentum=0.9)
+        return run
 
     return {
-        "maxpool2d_route (pool1 backward)":
-            lambda: backend.maxpool2d_route(dy, cache.argmax, *pool),
-        "sgd_update momentum (all 10 params)": sgd,
+        "maxpool2d backward (pool1)": (lambda: kernels.maxpool2d_backward(dy, fast_cache),
+                                       lambda: F.maxpool2d_backward(dy, ref_cache)),
+        "sgd_update momentum (all 10 params)": (sgd(kernels.implementation("sgd_update", device)),
+                                                sgd(kernels.reference("sgd_update"))),
     }
 
 
@@ -250,14 +257,11 @@ def run(device: str, batch_sizes: list[int], warmup: int, repeats: int, with_tor
         theirs = torch_train_step(torch, batch, device) if torch else None
         both("course network train step", tinynet_train_step(batch, device), theirs, batch,
              "train_step")
-        # on the CPU both columns run the generic code (there are no fused CPU kernels)
-        print(f"[{device}] fused CUDA kernels vs generic xp code, batch {batch}", flush=True)
-        for name, fn in fused_cases(batch, device).items():
-            times = {}
-            for fused in (True, False):
-                backend.fused = fused
-                times[fused] = median_ms(fn, backend.synchronize, warmup, repeats)
-            backend.fused = True
+        # on the CPU the fast column is the fast engine's CPU kernel (the SGD has none)
+        print(f"[{device}] the fast engine's kernels vs the reference, batch {batch}", flush=True)
+        for name, ways in fused_cases(batch, device).items():
+            times = {fused: median_ms(fn, backend.synchronize, warmup, repeats)
+                     for fused, fn in zip((True, False), ways, strict=True)}
             results["fused_vs_generic"].append({
                 "name": name, "batch": batch, "fused_ms": round(times[True], 4),
                 "generic_ms": round(times[False], 4),

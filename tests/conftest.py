@@ -49,6 +49,14 @@ def device(request):
     return request.param
 
 
+@pytest.fixture(params=["fast", "reference"])
+def kernel_path(request, monkeypatch):
+    """Run a test on both kernel paths: the fast engine (the default) and the reference kernels
+    alone (``tinynet.use_reference()``)."""
+    monkeypatch.setattr(tinynet.kernels, "_mode", request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _restore_defaults():
     """A test may change the default dtype or device; the next test starts from the defaults."""

@@ -36,8 +36,9 @@ def on(device, a):
 
 
 # ----------------------------------------------------------------------------------------------
-# Every layer: output shape and gradcheck (input and all parameters), float64
+# Every layer: output shape and gradcheck (input and all parameters), float64, on both paths
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("kernel_path")
 @given(cfg=conv_configs(), seed=seeds)
 def test_conv2d_shape_and_gradcheck(cfg, seed):
     tinynet.manual_seed(seed % 1000)
@@ -51,6 +52,7 @@ def test_conv2d_shape_and_gradcheck(cfg, seed):
     assert tinynet.gradcheck(conv, x) is True
 
 
+@pytest.mark.usefixtures("kernel_path")
 @given(cfg=linear_configs(), seed=seeds)
 def test_linear_shape_and_gradcheck(cfg, seed):
     tinynet.manual_seed(seed % 1000)
@@ -62,6 +64,7 @@ def test_linear_shape_and_gradcheck(cfg, seed):
     assert tinynet.gradcheck(fc, x) is True
 
 
+@pytest.mark.usefixtures("kernel_path")
 @given(cfg=pool_configs(), seed=seeds)
 def test_maxpool2d_shape_and_gradcheck(cfg, seed):
     pool = cfg.module()
@@ -71,6 +74,7 @@ def test_maxpool2d_shape_and_gradcheck(cfg, seed):
     assert tinynet.gradcheck(pool, x) is True
 
 
+@pytest.mark.usefixtures("kernel_path")
 @given(shape=st.lists(st.integers(1, 4), min_size=2, max_size=4).map(tuple), seed=seeds)
 def test_relu_shape_and_gradcheck(shape, seed):
     x = kink_free(seed, shape)
@@ -124,14 +128,13 @@ def kink_margin(model, x) -> float:
 
 @settings(max_examples=5)
 @given(seed=seeds)
-@pytest.mark.parametrize("kernels_mode", ["fast", "reference"])
-def test_course_network_gradcheck(seed, kernels_mode, monkeypatch):
+@pytest.mark.usefixtures("kernel_path")
+def test_course_network_gradcheck(seed):
     """On both paths. eps = 1e-7 moves every value of the network by less than about 1e-6, so
     the inputs are drawn (by seed) at least 1e-5 away from every ReLU kink and max-pool tie:
     then the finite difference cannot cross one, and every seed passes."""
     from hypothesis import assume
 
-    monkeypatch.setattr(tinynet.kernels, "_mode", kernels_mode)
     tinynet.manual_seed(seed % 1000)
     model = course_network()  # float32: gradcheck works on a float64 copy
     x = normal(seed, (2,) + COURSE_INPUT, dtype=np.float32)

@@ -37,6 +37,9 @@ TOL = dict(rtol=1e-10, atol=1e-12)
 few = settings(max_examples=15)
 
 
+# every parity test on both kernel paths: the fast engine and the reference kernels alone
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 def t(a, grad=False):
     return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
 

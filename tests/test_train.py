@@ -110,12 +110,11 @@ def test_fit_learns_and_writes_history(sample, tmp_path, capsys):
     assert result["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("kernels_mode", ["fast", "reference"])
-def test_fit_on_the_fused_copy_equals_fit_on_the_plain_model(sample, kernels_mode, monkeypatch):
+@pytest.mark.usefixtures("kernel_path")
+def test_fit_on_the_fused_copy_equals_fit_on_the_plain_model(sample):
     """fit(fuse=True) (the default) trains a fused copy sharing the model's Parameters: the same
     history and weights bit for bit as fit(fuse=False), which runs the modules one by one; and
     the reference kernels alone learn the same (to rounding)."""
-    monkeypatch.setattr(tinynet.kernels, "_mode", kernels_mode)
     train, test = _subset(sample[0], 256), _subset(sample[1], 128)
     runs = []
     for fuse in (True, False):
