@@ -3,9 +3,9 @@
 Trains a network on random images for a number of steps (forward, loss, backward, SGD update)
 calling its modules one by one, and times each module's forward and backward pass, plus the loss
 and the update; prints a Markdown table (sorted by the network's order) with each module's share
-of the step, then the time of the same steps through the Sequential, as ``tinynet.train.fit``
-runs them (there a ReLU after a layer runs inside the layer, and a convolution's weight
-gradients may go to a worker thread), and writes JSON under ``benchmarks/results/``.
+of the step, then the time of the same steps through ``tinynet.fuse(model)``, as
+``tinynet.train.fit`` runs them (each Conv2d+ReLU(+MaxPool2d) and Linear+ReLU as one call), and
+writes JSON under ``benchmarks/results/``.
 
     python benchmarks/profile_step.py                           # the course network, batch 64
     python benchmarks/profile_step.py --net bn --batch-size 128 # the BatchNorm example network
@@ -80,19 +80,19 @@ def profile(net: str, batch_size: int, steps: int, warmup: int, seed: int) -> di
         opt.zero_grad()
         update_s += time.perf_counter() - t
     step_ms = (time.perf_counter() - t_start) / steps * 1e3
-    # the same steps as fit runs them, through the Sequential: a ReLU after a layer runs inside
-    # it, and a convolution's weight gradients may go to a worker (model.backward waits for them)
+    # the same steps as fit runs them: the fused copy (the same Parameters), whole
+    fused = tinynet.fuse(model)
     for step in range(warmup + steps):
         if step == warmup:
             t_start = time.perf_counter()
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss_fn(fused(x), y)
+        fused.backward(loss_fn.backward(), input_grad=False)
         opt.step()
         opt.zero_grad()
-    sequential_ms = (time.perf_counter() - t_start) / steps * 1e3
+    fused_ms = (time.perf_counter() - t_start) / steps * 1e3
     rows = [dict(index=i, module=repr(m).split("\n")[0], fwd_ms=fwd[i] / steps * 1e3,
                  bwd_ms=bwd[i] / steps * 1e3) for i, m in enumerate(modules)]
-    return dict(step_ms=step_ms, sequential_step_ms=sequential_ms, loss_ms=loss_s / steps * 1e3,
+    return dict(step_ms=step_ms, fused_step_ms=fused_ms, loss_ms=loss_s / steps * 1e3,
                 update_ms=update_s / steps * 1e3, modules=rows)
 
 
@@ -126,9 +126,9 @@ def main(argv=None) -> int:
           f"{step:.2f} ms per step ({steps} steps), "
           f"{step * 60000 / batch / 1e3:.1f} s per 60,000 images\n")
     print(table)
-    print(f"\nThe table calls the modules one by one. Through the Sequential, as fit() trains "
-          f"(each ReLU after a layer runs inside it, a convolution's dW may go to a worker): "
-          f"{result['sequential_step_ms']:.2f} ms per step.")
+    print(f"\nThe table calls the modules one by one. Through tinynet.fuse(model), as fit() "
+          f"trains (Conv2d+ReLU(+MaxPool2d) and Linear+ReLU as one call each): "
+          f"{result['fused_step_ms']:.2f} ms per step.")
     data = dict(machine=C.machine_info(args.threads), settings=dict(
         net=args.net, batch_size=batch, steps=steps, threads=args.threads, seed=args.seed),
         table=table, **result)
