@@ -244,7 +244,7 @@ def test_the_table_has_one_row_per_report_and_explains_the_forward_bug():
     assert lines[0].startswith("bug") and "test loss after 2 steps" in lines[0]
     assert lines[2].startswith("(correct code)") and "passes" in lines[2]
     assert lines[3].startswith("linear-dx-sign") and "CAUGHT" in lines[3]
-    assert "CAUGHT (inf/NaN)" in lines[4] and "logits ~1000" in lines[4]
+    assert "CAUGHT  loss inf" in lines[4] and "logits ~1000" in lines[4]
     assert "FORWARD bug" in text
     markdown = bugs.format_table(reports, markdown=True)
     assert markdown.splitlines()[1] == "|---|---|---|---|"

@@ -508,12 +508,13 @@ class CheckResult:
     non_finite: bool = False  # caught because something was inf or NaN
 
     def cell(self) -> str:
-        """The table cell: ``CAUGHT  input 0 (1, 4)  rel 2`` or ``passes``."""
+        """The table cell: ``CAUGHT  input 0 (1, 4)  rel 2``, ``CAUGHT  loss inf, ...`` or
+        ``passes``."""
         if self.caught is None:
             return self.detail or "not run"
         if not self.caught:
             return "passes"
-        parts = ["CAUGHT (inf/NaN)" if self.non_finite else "CAUGHT", self.where]
+        parts = ["CAUGHT", self.where]
         if self.rel_error is not None:
             parts.append(f"rel {self.rel_error:.2g}")
         return "  ".join(p for p in parts if p)
@@ -559,13 +560,13 @@ def _finite(a: Any) -> bool:
 
 def _non_finite(y: Any, grads: dict) -> str:
     """What is inf or NaN among the output and the gradients ('' when all is finite):
-    ``"loss inf, NaN in input 0"``."""
+    ``"loss inf, inf/NaN gradient of input 0"``."""
     bad = []
     if not _finite(y):
         bad.append(f"loss {float(y):g}" if y.ndim == 0 else "output inf/NaN")
     names = [name for name, g in grads.items() if g is not None and not _finite(g)]
     if names:
-        bad.append("inf/NaN in " + ", ".join(names))
+        bad.append("inf/NaN gradient of " + ", ".join(names))
     return ", ".join(bad)
 
 
@@ -935,8 +936,8 @@ NOTES = {
         "logits ~1000, where exp overflows: the loss is inf and the gradient NaN, which the "
         "check looks for before gradcheck (gradcheck alone compares NaN with NaN and passes)."),
     "noise": (
-        "The test loss of a short run is chaotic: float32 rounding alone moves it by a few "
-        "hundredths after a few dozen steps (softmax-no-shift computes the same math and still "
+        "The test loss of a short run is chaotic: float32 rounding alone moves it by up to a "
+        "few hundredths after a few dozen steps (softmax-no-shift computes the same math and still "
         "ends apart from the correct code). Only large gaps, or no progress, tell."),
 }
 
