@@ -16,7 +16,7 @@ table: a bug in a forward, softmax without its max shift, shows only on large lo
 
 The cells (``# %%``) open as a notebook in VS Code, or in Jupyter through jupytext.
 
-Run (offline, on the embedded sample; about 7 s on a 2-core CPU, 6 of them the checks)::
+Run (offline, on the embedded sample; about 7 s on a 2-core CPU)::
 
     python examples/06_break_it.py
     python examples/06_break_it.py --bug linear-dx-sign --bug linear-bias-mean --steps 60
