@@ -166,6 +166,18 @@ def test_wrong_gradient_shape_is_an_error():
                           (normal(0, (3, 4)),))
 
 
+@pytest.mark.parametrize("where", ["both", "analytic", "numeric"])
+def test_nan_or_inf_never_passes(where):
+    """NaN compares False with everything, so a check of 'error > tolerance' alone lets an
+    all-NaN backward (or forward) pass: it must fail, naming the entry."""
+    nan = float("nan")
+    forward_scale = nan if where in ("both", "numeric") else 1.0
+    backward_scale = nan if where in ("both", "analytic") else 1.0
+    pair = (lambda x: (x * forward_scale, None), lambda g, c: g * backward_scale)
+    with pytest.raises(tinynet.GradcheckError, match="not a finite number at index"):
+        tinynet.gradcheck(pair, np.ones(3))
+
+
 def test_n_samples_checks_fewer_entries():
     module = Scale(50, dtype=np.float64)
     x = normal(0, (4, 50))  # 200 input entries, 50 weights

@@ -133,6 +133,15 @@ def gradcheck(
             flat[j] = orig
             numeric[k] = (plus - minus) / (2 * eps)
         got = analytic.reshape(-1)[flat_ids]
+        bad = ~(np.isfinite(got) & np.isfinite(numeric))
+        if bad.any():  # (a comparison with NaN is False: it would pass unnoticed)
+            k = int(np.argmax(bad))
+            index = np.unravel_index(int(flat_ids[k]), x.shape)
+            raise GradcheckError(
+                f"{name}: not a finite number at index {tuple(int(i) for i in index)}: analytic "
+                f"{got[k]:.8g}, numeric {numeric[k]:.8g} (an overflow, a division by zero, or a "
+                "NaN in the forward pass: the gradients cannot be compared)"
+            )
         err = np.abs(got - numeric) - (atol + rtol * np.abs(numeric))
         worst = int(np.argmax(err)) if len(err) else 0
         if len(err) and err[worst] > 0:

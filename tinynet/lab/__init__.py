@@ -5,8 +5,8 @@
 * :mod:`tinynet.lab.flow`: gradient flow during training (norms, update ratios, dead ReLUs).
 """
 
-from . import explain, flow
+from . import bugs, explain, flow
 from .explain import explain_backward
 from .flow import FlowMonitor
 
-__all__ = ["explain", "explain_backward", "flow", "FlowMonitor"]
+__all__ = ["bugs", "explain", "explain_backward", "flow", "FlowMonitor"]
