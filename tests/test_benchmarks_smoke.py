@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 def _run(script: str, tmp_path: Path, *extra: str) -> dict:
     cmd = [sys.executable, str(BENCH / script), "--quick", "--out-dir", str(tmp_path), *extra]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
-    assert "| framework" in out or "| layer" in out, out
+    assert "| framework" in out or "| layer" in out or "| net" in out, out
     (path,) = tmp_path.glob("*.json")
     return json.loads(path.read_text())
 
@@ -71,3 +71,21 @@ def test_ab_conv_quick(tmp_path):
                      "engine: training step, batch 8", "fuse-eval", "conv1-dw"]
     for r in data["results"]:
         assert len(r["ways"]) == 2 and all(w["median_ms"] > 0 for w in r["ways"].values())
+
+
+def test_bench_nets_quick(tmp_path):
+    """The BN network's epoch (5 batches of the sample) and the VGG-style step, against PyTorch
+    when it is installed: same weights in both, a median per framework, the ratios per round."""
+    data = _run("bench_nets.py", tmp_path)
+    frameworks = {r["framework"] for r in data["runs"]}
+    assert "tinynet" in frameworks
+    by = {(r["framework"], r["net"]): r for r in data["runs"]}
+    bn, vgg = by["tinynet", "bn"], by["tinynet", "vgg"]
+    assert bn["images"] == 5 * 128 and bn["train_s"] > 0 and bn["eval_s"] > 0
+    assert 0.0 <= bn["accuracy"] <= 1.0 and bn["peak_rss_mb"] > 0
+    assert vgg["steps"] == 2 and vgg["step_ms"] > 0
+    if "torch" in frameworks:
+        assert [r["net"] for r in data["ratios"]] == ["bn", "vgg"]
+        assert len(data["ratios"][0]["epoch_s"]) == 1
+        # the same initial weights: the first batches' losses agree closely
+        assert abs(by["torch", "vgg"]["loss"] - vgg["loss"]) < 0.5

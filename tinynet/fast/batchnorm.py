@@ -23,6 +23,7 @@ from ..backend import backend_of, is_grad_enabled
 from ..functional.batchnorm import check_batch_statistics, values_per_channel
 from ..functional.batchnorm import per_channel as _channel_view
 from ._recycle import scratch
+from .threads import add_blocks, for_batch
 
 
 class BatchNormCache(NamedTuple):
@@ -62,6 +63,33 @@ def _centred(x: Any, mean: Any) -> Any:
     return xp.subtract(x, _channel_view(mean, x.ndim), out=scratch(xp, "bn.xc", x.shape, x.dtype))
 
 
+# A thread's block of items is worked through in chunks of about this many numbers (256 KB of
+# float32): every pass over a chunk after the first finds it in the core's cache.
+_CHUNK_NUMBERS = 1 << 16
+
+
+def _per_item(x: Any) -> int:
+    return x.size // x.shape[0] if x.shape[0] else 0
+
+
+def _in_chunks(xp: Any, n: int, per_item: int, work: Any) -> list:
+    """``work(a, b)`` over the items range(n): one block per thread (``threads.for_batch``), each
+    block in chunks of about ``_CHUNK_NUMBERS``; the chunks' partial sums (tuples of (C,) arrays,
+    or None) added in order, then the blocks' in block order (repeatable for a thread count)."""
+    step = max(1, _CHUNK_NUMBERS // max(per_item, 1))
+
+    def block(lo: int, hi: int) -> Any:
+        total = None
+        for a in range(lo, hi, step):
+            part = work(a, min(a + step, hi))
+            total = part if total is None else tuple(t + p for t, p in zip(total, part,
+                                                                           strict=True))
+        return total
+
+    parts = [p for p in for_batch(xp, n, block, per_item=per_item) if p is not None]
+    return list(add_blocks(parts)) if parts else []
+
+
 def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean: Any = None,
                       running_var: Any = None, training: bool = True, momentum: float = 0.1,
                       eps: float = 1e-5):
@@ -87,13 +115,26 @@ def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean:
     nd = x.ndim
     use_batch = training or running_mean is None
     eps = float(eps)
+    chunked = _chunked(xp, x)
     xc = None
     if use_batch:
         m = check_batch_statistics(x.shape)
         # step 1: the batch statistics of each channel (biased variance normalises)
-        mean = channel_sum(x) / m
-        xc = _centred(x, mean)
-        var = channel_dot(xc, xc) / m
+        if chunked:
+            mean = _in_chunks(xp, x.shape[0], _per_item(x),
+                              lambda a, b: (channel_sum(x[a:b]),))[0] / m
+            xc = scratch(xp, "bn.xc", x.shape, x.dtype)
+            mean_c = _channel_view(mean, nd)
+
+            def centre(a: int, b: int) -> tuple:  # xc = x - mean, and its squares' sum
+                xp.subtract(x[a:b], mean_c, out=xc[a:b])
+                return (channel_dot(xc[a:b], xc[a:b]),)
+
+            var = _in_chunks(xp, x.shape[0], _per_item(x), centre)[0] / m
+        else:
+            mean = channel_sum(x) / m
+            xc = _centred(x, mean)
+            var = channel_dot(xc, xc) / m
         if training and running_mean is not None:
             # step 1b: running averages, with the UNBIASED variance (PyTorch's convention)
             mom = float(momentum)
@@ -113,15 +154,34 @@ def batchnorm_forward(x: Any, gamma: Any = None, beta: Any = None, running_mean:
     if xc is None and not is_grad_enabled():
         # evaluation without a backward: y = x * scale + (beta - mean * scale), xc never written
         shift = -mean * scale if beta is None else beta - mean * scale
-        xp.multiply(x, _channel_view(scale, nd), out=y)
-        y += _channel_view(shift, nd)
+        _scale_shift(xp, x, scale, shift, y, chunked)
         return y, None
     if xc is None:
         xc = _centred(x, mean)
-    xp.multiply(xc, _channel_view(scale, nd), out=y)
-    if beta is not None:
-        y += _channel_view(beta, nd)
+    _scale_shift(xp, xc, scale, beta, y, chunked)
     return y, BatchNormCache(xc, inv_std, gamma, bool(use_batch))
+
+
+def _chunked(xp: Any, x: Any) -> bool:
+    """Work in threads and cache-sized chunks? (NumPy, (N, C, ...) with spatial axes)"""
+    return getattr(xp, "__name__", "") == "numpy" and x.ndim >= 3
+
+
+def _scale_shift(xp: Any, a: Any, scale: Any, shift: Any, out: Any, chunked: bool) -> None:
+    """``out = a * scale + shift`` per channel (shift may be None), in chunks when asked."""
+    nd = a.ndim
+    scale_c = _channel_view(scale, nd)
+    shift_c = None if shift is None else _channel_view(shift, nd)
+
+    def work(lo: int, hi: int) -> None:
+        xp.multiply(a[lo:hi], scale_c, out=out[lo:hi])
+        if shift_c is not None:  # (while the chunk is in the cache)
+            out[lo:hi] += shift_c
+
+    if not chunked:
+        work(0, a.shape[0])
+        return
+    _in_chunks(xp, a.shape[0], _per_item(a), lambda lo, hi: work(lo, hi))
 
 
 def batchnorm_backward(dy: Any, cache: BatchNormCache):
@@ -142,19 +202,36 @@ def batchnorm_backward(dy: Any, cache: BatchNormCache):
     xc, inv_std, gamma, batch_stats = cache
     xp = backend_of(dy).xp
     nd = dy.ndim
+    chunked = _chunked(xp, dy)
     # dL/dbeta and dL/dgamma: the shift adds dy, the scale multiplies xhat = xc * inv_std
-    dbeta = channel_sum(dy)
-    dgamma = inv_std * channel_dot(dy, xc)
+    if chunked:  # both sums in one pass over dy and xc
+        dbeta, dot = _in_chunks(xp, dy.shape[0], _per_item(dy),
+                                lambda a, b: (channel_sum(dy[a:b]), channel_dot(dy[a:b], xc[a:b])))
+    else:
+        dbeta, dot = channel_sum(dy), channel_dot(dy, xc)
+    dgamma = inv_std * dot
     scale = inv_std if gamma is None else gamma * inv_std  # (C,): dy -> dxhat -> d(x - mean)
-    dx = xp.multiply(dy, _channel_view(scale, nd), out=scratch(xp, "bn.dx", dy.shape, dy.dtype))
+    dx = scratch(xp, "bn.dx", dy.shape, dy.dtype)
+    scale_c = _channel_view(scale, nd)
     if batch_stats:
         m = values_per_channel(dy.shape)
         # dx = scale * dy - scale/M * (dbeta + xhat * dgamma)
         #    = scale * dy - (scale * inv_std * dgamma / M) * xc - scale * dbeta / M
-        term = xp.multiply(xc, _channel_view(scale * inv_std * dgamma / m, nd),
-                           out=scratch(xp, "bn.term", dy.shape, dy.dtype))
-        dx -= term
-        dx -= _channel_view(scale * dbeta / m, nd)
+        k_xc = _channel_view(scale * inv_std * dgamma / m, nd)
+        k_0 = _channel_view(scale * dbeta / m, nd)
+
+    def work(a: int, b: int) -> None:  # dx of the items a..b-1
+        xp.multiply(dy[a:b], scale_c, out=dx[a:b])
+        if batch_stats:  # (the chunk's term: a small buffer that stays in the cache)
+            term = xp.multiply(xc[a:b], k_xc,
+                               out=scratch(xp, "bn.term", xc[a:b].shape, dy.dtype))
+            dx[a:b] -= term
+            dx[a:b] -= k_0
+
+    if chunked:
+        _in_chunks(xp, dy.shape[0], _per_item(dy), work)
+    else:
+        work(0, dy.shape[0])
     if gamma is None:
         return dx, None, None
     return dx, dgamma, dbeta

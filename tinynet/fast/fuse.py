@@ -25,6 +25,7 @@ from .. import kernels
 from ..backend import device_of, is_grad_enabled
 from ..nn._checks import check_layer_input
 from ..nn.activation import ReLU
+from ..nn.batchnorm import BatchNorm2d
 from ..nn.conv import Conv2d
 from ..nn.linear import Linear
 from ..nn.module import _NO_CACHE, Module, Sequential
@@ -166,6 +167,88 @@ class LinearReLU(_Fused):
                 _relu_step()]
 
 
+class ConvBN(Module):
+    """Conv2d + BatchNorm2d (+ ReLU (+ MaxPool2d without padding)).
+
+    **Training** (and whenever a backward may follow, inside the reference mode or off the CPU):
+    the modules run in turn, exactly as in the plain model (each one a twin of the original that
+    shares its Parameters and running statistics but keeps its own cache).
+
+    **Evaluation under** ``tinynet.no_grad()``: the BatchNorm is a fixed per-channel affine map,
+    ``y = s * (conv(x) - mean) + beta`` with ``s = gamma / sqrt(running_var + eps)``, and a
+    convolution is linear in its weights, so it folds into the convolution (a standard inference
+    trick)::
+
+        W'[f] = s[f] * W[f]        b'[f] = s[f] * (b[f] - mean[f]) + beta[f]
+
+    and the group is ONE convolution with ReLU and pooling epilogues: no pass for the BatchNorm,
+    no batch-sized arrays between the steps. The results equal the plain model's to rounding
+    (the products are summed in another order), not bit for bit.
+    """
+
+    accepts_input_grad = True
+
+    def __init__(self, *parts: Module) -> None:
+        super().__init__()
+        for i, part in enumerate(parts):
+            self._modules[str(i)] = _own_state(part)
+
+    @property
+    def parts(self) -> list:
+        return list(self._modules.values())
+
+    def _foldable(self, x: Any) -> bool:
+        bn = self.parts[1]
+        return (not self.training and not is_grad_enabled() and kernels.get_mode() == "fast"
+                and device_of(x) == "cpu" and bn.track_running_stats
+                and bn.running_mean is not None)
+
+    def folded(self) -> tuple:
+        """``(W', b')``: the convolution's weights and bias with the BatchNorm folded in."""
+        conv, bn = self.parts[:2]
+        w = conv.weight.data
+        scale = 1.0 / (bn.running_var.astype(w.dtype) + w.dtype.type(bn.eps)) ** 0.5
+        if bn.affine:
+            scale = scale * bn.weight.data
+        shift = -bn.running_mean.astype(w.dtype)
+        if conv.bias is not None:
+            shift = shift + conv.bias.data
+        shift = shift * scale
+        if bn.affine:
+            shift = shift + bn.bias.data
+        return w * scale.reshape(-1, 1, 1, 1), shift
+
+    def forward(self, x: Any) -> Any:
+        if not self._foldable(x):  # the modules in turn, as in the plain model
+            for part in self.parts:
+                x = part(x)
+            return x
+        conv = self.parts[0]
+        check_layer_input(f"Conv2d({conv.extra_repr()})", x, conv.weight.data)
+        pool = self.parts[3] if len(self.parts) > 3 else None
+        if pool is not None:
+            pool.output_shape(conv.output_shape(x.shape))  # the pooling's own errors
+        for part in self.parts:  # (a later backward finds no stale cache: it is an error)
+            part.save_for_backward(None)
+        weight, bias = self.folded()
+        y, _ = fast_conv.conv2d_forward(
+            x, weight, bias, conv.stride, conv.padding, relu=len(self.parts) > 2,
+            pool=None if pool is None else (pool.kernel_size, pool.stride))
+        return y
+
+    def backward(self, grad_output: Any, input_grad: bool = True) -> Any:
+        parts = self.parts
+        d = grad_output
+        for part in reversed(parts[1:]):
+            d = part.backward(d)
+        return parts[0].backward(d, input_grad=input_grad)
+
+    def __repr__(self) -> str:
+        names = "+".join(type(p).__name__ for p in self.parts)
+        args = [p.extra_repr() for p in self.parts]
+        return f"{names}({' | '.join(a for a in args if a)})"
+
+
 def _plain(module: Module, cls: type) -> bool:
     """Exactly that class, with no forward or backward replaced on the instance (a recording
     wrapper, as tinynet.inspect puts on, must see every call)."""
@@ -186,7 +269,9 @@ def _own_state(module: Module) -> Module:
 
 
 def fuse(model: Module) -> Module:
-    """A new model in which each Conv2d+ReLU(+MaxPool2d) and Linear+ReLU runs as one call.
+    """A new model in which each Conv2d+ReLU(+MaxPool2d) and Linear+ReLU runs as one call, and
+    each Conv2d+BatchNorm2d(+ReLU(+MaxPool2d)) is one group (:class:`ConvBN`: the modules in turn
+    in training, one folded convolution in evaluation).
 
     Works on a :class:`Sequential` (nested ones too); any other module is returned as it is. The
     groups share the original's Parameters; ``repr`` shows them, e.g. ``Conv2d+ReLU+MaxPool2d``.
@@ -199,7 +284,17 @@ def fuse(model: Module) -> Module:
         m = children[i]
         nxt = children[i + 1] if i + 1 < len(children) else None
         after = children[i + 2] if i + 2 < len(children) else None
-        if nxt is not None and _plain(nxt, ReLU) and _plain(m, Conv2d):
+        if (nxt is not None and _plain(nxt, BatchNorm2d) and _plain(m, Conv2d)
+                and nxt.num_features == m.out_channels):
+            group = [m, nxt]
+            if after is not None and _plain(after, ReLU):
+                group.append(after)
+                last = children[i + 3] if i + 3 < len(children) else None
+                if last is not None and _plain(last, MaxPool2d) and last.padding == (0, 0):
+                    group.append(last)
+            out.append(ConvBN(*group))
+            i += len(group)
+        elif nxt is not None and _plain(nxt, ReLU) and _plain(m, Conv2d):
             if after is not None and _plain(after, MaxPool2d) and after.padding == (0, 0):
                 out.append(ConvReLU(m, nxt, after))
                 i += 3
