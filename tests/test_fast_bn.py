@@ -1,9 +1,9 @@
-"""The fast engine's BatchNorm in threads and cache-sized chunks, and ``tinynet.fuse``'s
+"""The fast engine's BatchNorm in threads, and ``tinynet.fuse``'s
 Conv2d+BatchNorm2d(+ReLU(+MaxPool2d)) group (the BatchNorm folded into the convolution in
 evaluation), each against the reference / the plain model.
 
-Every test runs on 1 thread and on 3 threads with blocks and chunks as small as one image, so
-that block and chunk boundaries fall inside the small drawn shapes.
+Every test runs on 1 thread and on 3 threads with blocks as small as one image, so that block
+boundaries fall inside the small drawn shapes.
 """
 
 from __future__ import annotations
@@ -23,27 +23,26 @@ from tinynet.fast import batchnorm, threads
 from tinynet.fast.fuse import ConvBN
 
 
-@pytest.fixture(autouse=True, scope="module", params=["1 thread", "3 threads, tiny chunks"])
+@pytest.fixture(autouse=True, scope="module", params=["1 thread", "3 threads"])
 def threads_mode(request):
-    saved = tinynet.get_num_threads(), threads.MIN_BLOCK_NUMBERS, batchnorm._CHUNK_NUMBERS
+    saved = tinynet.get_num_threads(), threads.MIN_BLOCK_NUMBERS
     if request.param.startswith("3"):
         tinynet.set_num_threads(3)
-        threads.MIN_BLOCK_NUMBERS = 1
-        batchnorm._CHUNK_NUMBERS = 1  # one item per chunk
+        threads.MIN_BLOCK_NUMBERS = 1  # blocks as small as one image
     else:
         tinynet.set_num_threads(1)
     yield request.param
     tinynet.set_num_threads(saved[0])
-    threads.MIN_BLOCK_NUMBERS, batchnorm._CHUNK_NUMBERS = saved[1:]
+    threads.MIN_BLOCK_NUMBERS = saved[1]
 
 
 @settings(max_examples=40, deadline=None)
 @given(case=batchnorm_cases(ndim=4, max_batch=7), seed=st.integers(0, 2**16),
        training=st.booleans(), affine=st.booleans(), grad=st.booleans(),
        dtype=st.sampled_from([np.float64, np.float32]))
-def test_chunked_batchnorm_equals_the_reference(case, seed, training, affine, grad, dtype):
+def test_threaded_batchnorm_equals_the_reference(case, seed, training, affine, grad, dtype):
     """Forward (training: batch statistics and running averages; evaluation with and without
-    grad) and backward, in threads and chunks, equal the reference kernel."""
+    grad) and backward, in threads, equal the reference kernel."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(case.shape) * 3 + 1).astype(dtype)
     if case.constant_channel is not None:

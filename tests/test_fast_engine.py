@@ -406,3 +406,77 @@ def test_tinynet_kernels_environment_variable_selects_the_mode():
     env = dict(__import__("os").environ, TINYNET_KERNELS="quick")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "TINYNET_KERNELS must be 'fast' or 'reference'" in out.stderr
+
+
+# -- training by slices (conv.SlicedCache) -------------------------------------------------------
+@pytest.fixture(params=["whole slices", "one image per slice"])
+def sliced(request, monkeypatch):
+    """Training by slices for every drawn geometry (not only for 64+ column rows), with slices
+    of one image or of the whole batch."""
+    monkeypatch.setattr(conv, "_SLICED_MIN_ROWS", 0)
+    monkeypatch.setattr(conv, "_ROWS_MAX_WIDTH", 0)
+    if request.param == "one image per slice":
+        monkeypatch.setattr(conv, "_EVAL_COLS_ELEMENTS", 1)
+    else:
+        monkeypatch.setattr(conv, "_EVAL_COLS_ELEMENTS", 1 << 30)
+    return request.param
+
+
+@settings(max_examples=40, deadline=None)
+@given(geometry=conv_geometry(), seed=st.integers(0, 2**16), epilogue=st.sampled_from(
+    ["none", "relu", "relu+pool"]), pool=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_conv2d_trained_by_slices_matches_naive_loops_and_the_reference(geometry, seed, epilogue,
+                                                                        pool, sliced):
+    """Forward keeps only the input; backward makes each slice's columns again: y, dx, dW, db
+    (with the ReLU and pooling epilogues, and without dx) equal the naive loops, and the
+    reference kernel."""
+    x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
+    z = naive_conv2d(x, w, b, stride, padding)
+    relu = epilogue != "none"
+    r = np.maximum(z, 0) if relu else z
+    pool_arg, where = None, None
+    want = r
+    if epilogue == "relu+pool":
+        kernel = (min(pool[0], r.shape[2]), min(pool[1], r.shape[3]))
+        pool_arg = (kernel, pool[1])
+        want, where = naive_maxpool(r, kernel, (pool[1], pool[1]), (0, 0))
+    y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=relu, pool=pool_arg)
+    inner = cache.conv if pool_arg is not None else cache
+    assert isinstance(inner, conv.SlicedCache)
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, cache)
+    dr = dy if where is None else naive_maxpool_backward(dy, where, r.shape)
+    ndx, ndw, ndb = naive_conv2d_backward(dr * (r > 0) if relu else dr, x, w, stride, padding)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
+    if b is not None:
+        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
+    else:
+        assert db is None
+    y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=relu, pool=pool_arg)
+    dx2, dw2, _ = F.conv2d_backward(dy, cache, input_grad=False)
+    assert dx2 is None
+    np.testing.assert_array_equal(dw2, dw)
+    if epilogue == "none":
+        ry, rcache = R.conv2d_forward(x, w, b, stride, padding)
+        np.testing.assert_allclose(y, ry, rtol=1e-12, atol=1e-12)
+        for got, ref in zip((dx, dw, db), R.conv2d_backward(dy, rcache), strict=True):
+            if ref is not None:
+                np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_by_slices_keeps_the_input_and_takes_an_empty_batch(sliced):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 2, 3, 3))
+    x = rng.standard_normal((4, 2, 5, 5))
+    y1, c1 = F.conv2d_forward(x, w, None, 1, 1)
+    assert c1.x is x  # the input itself, not a copy (nothing batch-sized is written)
+    y1 = y1.copy()
+    F.conv2d_forward(rng.standard_normal((4, 2, 5, 5)), w, None, 1, 1)  # recycles buffers
+    dy = rng.standard_normal(y1.shape)
+    np.testing.assert_allclose(F.conv2d_backward(dy, c1)[1],
+                               naive_conv2d_backward(dy, x, w, (1, 1), (1, 1))[1], atol=1e-10)
+    y0, c0 = F.conv2d_forward(np.zeros((0, 2, 5, 5)), w, None, 1, 1)
+    dx0, dw0, db0 = F.conv2d_backward(np.zeros(y0.shape), c0)
+    assert dx0.shape == (0, 2, 5, 5) and (dw0 == 0).all() and dw0.shape == w.shape and db0 is None

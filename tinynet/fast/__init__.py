@@ -24,7 +24,7 @@ from . import activation, batchnorm, conv, conv_rows, cuda, pooling
 from .fuse import fuse
 
 kernels.register("conv2d_forward", "cpu", conv.conv2d_forward, conv.conv2d_backward,
-                 (conv.ConvCache, conv_rows.RowsCache, conv.PooledCache))
+                 (conv.ConvCache, conv_rows.RowsCache, conv.PooledCache, conv.SlicedCache))
 kernels.register("relu_forward", "cpu", activation.relu_forward, activation.relu_backward,
                  (activation.ReluCache,))
 kernels.register("maxpool2d_forward", "cpu", pooling.maxpool2d_forward,

@@ -50,6 +50,12 @@ _EVAL_COLS_ELEMENTS = 1 << 19
 _ROWS_MAX_WIDTH = 3
 
 
+# Training by slices (see SlicedCache) for columns of at least this many rows (C_in*kh*kw); a first
+# layer on 1-3 channels keeps its whole-batch columns and its dW per image (see _FEW_ROWS).
+_SLICED_MIN_ROWS = 64
+_SLICED = True  # (a switch for benchmarks/ab_conv.py)
+
+
 def _by_rows(kernel: tuple, padded_width: int) -> bool:
     """Convolve by rows (conv_rows.py) rather than by im2col columns?"""
     return padded_width <= _ROWS_MAX_WIDTH * kernel[1]
@@ -65,6 +71,21 @@ class ConvCache(NamedTuple):
     padding: tuple  # (p_h, p_w)
     has_bias: bool
     row_pitch: int  # W_pad for the flat-rows layout (stride 1), 0 for the plain layout
+    relu_mask: Any = None  # [y > 0] (N, C_out, H_out, W_out) when a ReLU ran as the last step
+
+
+class SlicedCache(NamedTuple):
+    """Training by slices: forward convolves a slice of images at a time through cache-sized
+    columns, as evaluation does, and keeps only the INPUT; backward makes each slice's columns
+    again (one copy, in the cache) and computes its share of dW, db and dx right away. No
+    batch-sized columns are written, kept or read back from memory (for the BN network's conv2,
+    33 MB of them)."""
+
+    x: Any  # the input (N, C_in, H, W), as it was given (not copied)
+    weight: Any  # (C_out, C_in, kh, kw)
+    stride: tuple
+    padding: tuple
+    has_bias: bool
     relu_mask: Any = None  # [y > 0] (N, C_out, H_out, W_out) when a ReLU ran as the last step
 
 
@@ -200,10 +221,13 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     if pool is not None:  # (buffers only: each block is pooled once it is convolved)
         pool_block, pooled, pool_cache = maxpool2d_forward_blocks(out, pool[0], pool[1], 0)
 
-    if not training:
-        # evaluation: no columns are kept, so each thread convolves its images a slice at a
-        # time through buffers for one slice (on the GPU the whole batch is one slice)
-        per_image = C * kh * kw * ho * wp
+    per_image = C * kh * kw * ho * wp
+    sliced = training and not by_rows and _SLICED and C * kh * kw >= _SLICED_MIN_ROWS \
+        and backend_of(x).device == "cpu"
+    if not training or sliced:
+        # evaluation (and training by slices): no columns are kept, so each thread convolves its
+        # images a slice at a time through buffers for one slice (on the GPU the whole batch is
+        # one slice)
         step = max(1, _EVAL_COLS_ELEMENTS // per_image) if backend_of(x).device == "cpu" \
             else max(N, 1)
 
@@ -214,11 +238,17 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
                 if n1 - n0 not in convolvers:
                     convolvers[n1 - n0] = _convolver(x[n0:n1], w2d, bias, *geometry, relu)[0]
                 convolvers[n1 - n0](x[n0:n1], out[n0:n1])
+                if mask is not None:  # the ReLU's mask [y > 0], for backward
+                    xp.greater(out[n0:n1], 0, out=mask[n0:n1])
             if pool_block is not None:
                 pool_block(lo, hi)
 
         for_batch(xp, N, block, per_item=per_image)
-        return (out, None) if pool is None else (pooled, None)
+        cache = SlicedCache(x, weight, stride, padding, bias is not None, mask) if sliced \
+            else None
+        if pool is None:
+            return out, cache
+        return pooled, (None if cache is None else PooledCache(cache, pool_cache))
     if by_rows:  # training by rows: R and T are kept for backward
         convolve, rows, band = rows_convolver(x, weight, bias, *geometry, relu, mask)
         convolve(x, out)  # (its threads split the output rows)
@@ -257,6 +287,8 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
         cache = cache.conv
     if isinstance(cache, RowsCache):  # convolved by rows (conv_rows.py)
         return conv2d_rows_backward(dy, cache, input_grad)
+    if isinstance(cache, SlicedCache):
+        return _sliced_backward(dy, cache, input_grad, pool_block)
     xp = backend_of(dy).xp
     cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch, mask = cache
     F, _, kh, kw = weight.shape
@@ -305,6 +337,58 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
     if not input_grad:
         return None, dw, db
     return dx_pad[:, :, ph : ph + H, pw : pw + W], dw, db
+
+
+def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: Any) -> tuple:
+    """Backward of a convolution trained by slices (see :class:`SlicedCache`): each thread
+    makes the columns of its images a slice at a time, in the cache, and adds that slice's share
+    of dW and db, and writes its dx, while the columns are there."""
+    xp = backend_of(dy).xp
+    x, weight, stride, padding, has_bias, mask = cache
+    N, C, H, W = x.shape
+    F, _, kh, kw = weight.shape
+    (ph, pw), (ho, wo) = padding, dy.shape[2:]
+    K = C * kh * kw
+    w2d_t = weight.reshape(F, K).T
+    per_image = K * ho * (W + 2 * pw)
+    step = max(1, _EVAL_COLS_ELEMENTS // per_image)
+    dx = scratch(xp, "conv.sliced_dx", x.shape, dy.dtype) if input_grad else None
+
+    def block(lo: int, hi: int) -> tuple:
+        if pool_block is not None:  # dL/d(conv or ReLU output) of these images, from the pooling
+            pool_block(lo, hi)
+        dw = db = None
+        for n0 in range(lo, hi, step):
+            n1 = min(n0 + step, hi)
+            n = n1 - n0
+            columns = columns_for(x[n0:n1], (kh, kw), stride, padding, (ho, wo))
+            fill_columns(columns, x[n0:n1], 0, n)
+            cols, pitch = columns.cols, columns.row_pitch
+            # dY laid out like the columns (zeros in the junk columns: only the valid ones of a
+            # buffer of this role are ever written), after the ReLU's backward (dy * mask)
+            dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, n, ho, pitch or wo), dy.dtype)
+            relu_backward_into(dy[n0:n1].transpose(1, 0, 2, 3),
+                               None if mask is None else mask[n0:n1].transpose(1, 0, 2, 3),
+                               dy_rows[:, :, :, :wo])
+            dY = dy_rows.reshape(F, cols.shape[1])
+            part = dY @ cols.T  # this slice's share of dL/dW
+            dw = part if dw is None else xp.add(dw, part, out=dw)
+            if has_bias:
+                part = dY.sum(axis=1)
+                db = part if db is None else xp.add(db, part, out=db)
+            if input_grad:  # dL/dcols = W^T @ dY, then col2im into this slice's dx
+                dcols = xp.matmul(w2d_t, dY, out=scratch(xp, "conv.dcols", cols.shape,
+                                                         cols.dtype))
+                dx_pad = col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, cols.dtype)
+                col2im_block(dcols, dx_pad, (n, C, H, W), (kh, kw), stride, (ho, wo), pitch,
+                             0, n)
+                dx[n0:n1] = dx_pad[:, :, ph : ph + H, pw : pw + W]
+        return dw, db
+
+    dw, db = add_blocks(for_batch(xp, N, block, per_item=per_image))
+    if dw is None:  # an empty batch
+        dw, db = xp.zeros((F, K), weight.dtype), (xp.zeros(F, weight.dtype) if has_bias else None)
+    return dx, dw.reshape(weight.shape), db
 
 
 # dW of columns with fewer rows than this (C_in*kh*kw: a first layer on 1-3 channels) is a stack

@@ -1,0 +1,136 @@
+"""A/B of the fast engine's tricks for the BatchNorm and VGG-style networks, inside ONE process.
+
+The sibling of ``ab_conv.py`` (same protocol: both ways warmed up, then alternated round after
+round in the same process, medians reported), for the tricks of issue 16:
+
+* ``sliced``: a training step of the BN network (batch 128), convolutions with 64+ column rows
+  trained by slices (``conv.SlicedCache``) vs with whole-batch columns kept for backward;
+* ``sliced-vgg``: the same switch on the VGG-style network's training step (batch 128, 32x32);
+* ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
+  into one convolution) vs the plain model.
+
+    python benchmarks/ab_nets.py                  # every case, 8 rounds
+    python benchmarks/ab_nets.py --what sliced --rounds 12
+    python benchmarks/ab_nets.py --quick          # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from ab_conv import _alternate  # noqa: E402
+from bench_nets import tinynet_model  # noqa: E402
+
+CASES = ["sliced", "sliced-vgg", "fold-eval"]
+
+
+def _switch(what: str) -> tuple:
+    """(way A, way B, set(a: bool)) for a case."""
+    from tinynet.fast import conv
+
+    return "by slices", "whole-batch columns", lambda a: setattr(conv, "_SLICED", a)
+
+
+def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> dict:
+    import tinynet
+    from tinynet import nn
+    from tinynet.fast import conv
+
+    net_name = "vgg" if what == "sliced-vgg" else "bn"
+    model = tinynet.fuse(tinynet_model(net_name, seed))
+    rng = np.random.default_rng(seed)
+    shape = (3, 32, 32) if net_name == "vgg" else (1, 28, 28)
+    xs = rng.standard_normal((4, batch_size) + shape).astype(np.float32)
+    ys = rng.integers(0, 10, (4, batch_size))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    way_a, way_b, set_way = _switch(what)
+    default = conv._SLICED
+
+    def run_once(a: bool) -> float:
+        set_way(a)
+        t0 = 0.0
+        for k in range(steps + 2):  # 2 untimed steps after each switch
+            if k == 2:
+                t0 = time.perf_counter()
+            loss_fn(model(xs[k % 4]), ys[k % 4])
+            opt.zero_grad()
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+        return (time.perf_counter() - t0) / steps
+
+    try:
+        return _alternate({way_a: True, way_b: False}, rounds, run_once)
+    finally:
+        conv._SLICED = default
+
+
+def ab_fold_eval(calls: int, rounds: int, seed: int) -> dict:
+    import tinynet
+
+    model = tinynet_model("bn", seed)
+    x = np.random.default_rng(seed).standard_normal((1000, 1, 28, 28)).astype(np.float32)
+    model.eval()
+    fused = tinynet.fuse(model)
+
+    def run(net: Any) -> float:
+        with tinynet.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                net(x)
+        return (time.perf_counter() - t0) / calls
+
+    return _alternate({"BN folded into the conv": fused, "plain model": model}, rounds, run)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--what", nargs="+", default=CASES, choices=CASES)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 rounds, few steps")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for the JSON (default benchmarks/results)")
+    p.add_argument("--name", default=None, help="JSON file name (default ab_nets[_quick])")
+    args = p.parse_args(argv)
+    rounds = 2 if args.quick else args.rounds
+    bs = 8 if args.quick else args.batch_size
+    limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
+    results, rows = [], []
+    for what in args.what:
+        if what == "fold-eval":
+            label = "fold-eval: 1000 images, BN network"
+            r = ab_fold_eval(1 if args.quick else 3, rounds, args.seed)
+        else:
+            net = "VGG-style" if what == "sliced-vgg" else "BN"
+            label = f"{what}: training step, {net} network, batch {bs}"
+            r = ab_steps(what, bs, 1 if args.quick else 8, rounds, args.seed)
+        (a, ra), (b, rb) = r.items()
+        rows.append([label, a, ra["median_ms"], b, rb["median_ms"],
+                     ra["median_ms"] / rb["median_ms"]])
+        results.append(dict(case=label, ways=r))
+        print(f"  {label}: {ra['median_ms']:.3g} vs {rb['median_ms']:.3g} ms", file=sys.stderr)
+    table = C.markdown_table(["case", "way A", "A ms (median)", "way B", "B ms (median)",
+                              "A / B"], rows)
+    print(f"{args.threads} threads, {rounds} rounds alternating A and B in one process\n")
+    print(table)
+    data = dict(machine=C.machine_info(args.threads),
+                settings=dict(rounds=rounds, threads=args.threads, seed=args.seed,
+                              batch_size=bs, quick=args.quick),
+                table=table, results=results)
+    C.save_results(args, "ab_nets", data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
