@@ -6,6 +6,8 @@ round in the same process, medians reported), for the tricks of issue 16:
 * ``sliced``: a training step of the BN network (batch 128), convolutions with 64+ column rows
   trained by slices (``conv.SlicedCache``) vs with whole-batch columns kept for backward;
 * ``sliced-vgg``: the same switch on the VGG-style network's training step (batch 128, 32x32);
+* ``dx-conv``: the VGG-style network's training step, dx of a sliced convolution with
+  C_out <= C_in as a convolution of dy with the flipped kernel vs W^T @ dY and col2im;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
   into one convolution) vs the plain model.
 
@@ -29,13 +31,16 @@ import _common as C  # noqa: E402
 from ab_conv import _alternate  # noqa: E402
 from bench_nets import tinynet_model  # noqa: E402
 
-CASES = ["sliced", "sliced-vgg", "fold-eval"]
+CASES = ["sliced", "sliced-vgg", "dx-conv", "fold-eval"]
 
 
 def _switch(what: str) -> tuple:
     """(way A, way B, set(a: bool)) for a case."""
     from tinynet.fast import conv
 
+    if what == "dx-conv":
+        return ("dx by a convolution of dy", "dx by col2im",
+                lambda a: setattr(conv, "_DX_BY_CONV", a))
     return "by slices", "whole-batch columns", lambda a: setattr(conv, "_SLICED", a)
 
 
@@ -44,7 +49,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     from tinynet import nn
     from tinynet.fast import conv
 
-    net_name = "vgg" if what == "sliced-vgg" else "bn"
+    net_name = "vgg" if what in ("sliced-vgg", "dx-conv") else "bn"
     model = tinynet.fuse(tinynet_model(net_name, seed))
     rng = np.random.default_rng(seed)
     shape = (3, 32, 32) if net_name == "vgg" else (1, 28, 28)
@@ -53,7 +58,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     loss_fn = nn.CrossEntropyLoss()
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     way_a, way_b, set_way = _switch(what)
-    default = conv._SLICED
+    defaults = conv._SLICED, conv._DX_BY_CONV
 
     def run_once(a: bool) -> float:
         set_way(a)
@@ -70,7 +75,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     try:
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
-        conv._SLICED = default
+        conv._SLICED, conv._DX_BY_CONV = defaults
 
 
 def ab_fold_eval(calls: int, rounds: int, seed: int) -> dict:
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
             label = "fold-eval: 1000 images, BN network"
             r = ab_fold_eval(1 if args.quick else 3, rounds, args.seed)
         else:
-            net = "VGG-style" if what == "sliced-vgg" else "BN"
+            net = "VGG-style" if what in ("sliced-vgg", "dx-conv") else "BN"
             label = f"{what}: training step, {net} network, batch {bs}"
             r = ab_steps(what, bs, 1 if args.quick else 8, rounds, args.seed)
         (a, ra), (b, rb) = r.items()

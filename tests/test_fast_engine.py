@@ -409,13 +409,14 @@ def test_tinynet_kernels_environment_variable_selects_the_mode():
 
 
 # -- training by slices (conv.SlicedCache) -------------------------------------------------------
-@pytest.fixture(params=["whole slices", "one image per slice"])
+@pytest.fixture(params=["whole slices", "one image per slice", "one image per slice, col2im"])
 def sliced(request, monkeypatch):
     """Training by slices for every drawn geometry (not only for 64+ column rows), with slices
-    of one image or of the whole batch."""
+    of one image or of the whole batch; dx by a convolution of dy (stride 1) or by col2im."""
     monkeypatch.setattr(conv, "_SLICED_MIN_ROWS", 0)
     monkeypatch.setattr(conv, "_ROWS_MAX_WIDTH", 0)
-    if request.param == "one image per slice":
+    monkeypatch.setattr(conv, "_DX_BY_CONV", "col2im" not in request.param)
+    if request.param.startswith("one image per slice"):
         monkeypatch.setattr(conv, "_EVAL_COLS_ELEMENTS", 1)
     else:
         monkeypatch.setattr(conv, "_EVAL_COLS_ELEMENTS", 1 << 30)

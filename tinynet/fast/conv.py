@@ -53,7 +53,8 @@ _ROWS_MAX_WIDTH = 3
 # Training by slices (see SlicedCache) for columns of at least this many rows (C_in*kh*kw); a first
 # layer on 1-3 channels keeps its whole-batch columns and its dW per image (see _FEW_ROWS).
 _SLICED_MIN_ROWS = 64
-_SLICED = True  # (a switch for benchmarks/ab_conv.py)
+_SLICED = True  # (a switch for benchmarks/ab_nets.py)
+_DX_BY_CONV = True  # (a switch for benchmarks/ab_nets.py: see _sliced_backward)
 
 
 def _by_rows(kernel: tuple, padded_width: int) -> bool:
@@ -108,12 +109,14 @@ class _Columns(NamedTuple):
     padding: tuple
 
 
-def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple) -> _Columns:
+def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple,
+                tag: str = "") -> _Columns:
     """Buffers for the columns of an input batch (N, C, H, W); nothing is copied yet.
 
     ``cols[(c, u, v), n*L + q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
     column q of image n: ``q = i*W_pad + j``, ``L = H_out*W_pad`` for stride 1 (flat rows, with
-    junk columns j >= W_out), ``q = i*W_out + j``, ``L = H_out*W_out`` otherwise.
+    junk columns j >= W_out), ``q = i*W_out + j``, ``L = H_out*W_out`` otherwise. ``tag`` names
+    buffers of another role (a second set of columns alive at the same time).
     """
     backend = backend_of(x)
     xp = backend.xp
@@ -125,21 +128,21 @@ def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tu
     if (sh, sw) == (1, 1):
         # flat rows: the padded input with one spare zero row, so that the slice of the last
         # offset, [(kh-1)*W_pad + kw-1, ... + H_out*W_pad), stays inside its own channel
-        x_pad = scratch(xp, f"conv.x_pad.{ph}.{pw}", (N, C, hp + 1, wp), x.dtype)
+        x_pad = scratch(xp, f"conv.x_pad{tag}.{ph}.{pw}", (N, C, hp + 1, wp), x.dtype)
         L, pitch = ho * wp, wp
         s0, s1, s2, s3 = x_pad.strides
         # windows[c, u, v, n, q] = x_pad_flat[n, c, u*W_pad + v + q]
         windows = backend.as_strided(x_pad, shape=(C, kh, kw, N, L),
                                      strides=(s1, s2, s3, s0, s3))
     else:
-        x_pad = scratch(xp, f"conv.x_pad_plain.{ph}.{pw}", (N, C, hp, wp), x.dtype)
+        x_pad = scratch(xp, f"conv.x_pad_plain{tag}.{ph}.{pw}", (N, C, hp, wp), x.dtype)
         L, pitch = ho * wo, 0
         s0, s1, s2, s3 = x_pad.strides
         # plain: windows[c, u, v, n, i, j] = x_pad[n, c, i*s_h + u, j*s_w + v]
         windows = backend.as_strided(
             x_pad, shape=(C, kh, kw, N, ho, wo), strides=(s1, s2, s3, s0, s2 * sh, s3 * sw)
         )
-    cols = scratch(xp, "conv.cols", (C * kh * kw, N * L), x.dtype)
+    cols = scratch(xp, f"conv.cols{tag}", (C * kh * kw, N * L), x.dtype)
     return _Columns(cols, L, pitch, x_pad, windows, padding)
 
 
@@ -163,7 +166,7 @@ def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
 
 
 def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, padding: tuple,
-               out_hw: tuple, relu: bool = False, mask: Any = None) -> tuple:
+               out_hw: tuple, relu: bool = False, mask: Any = None, tag: str = "") -> tuple:
     """Buffers for convolving a batch of x's shape, and ``convolve(x_b, out_b, lo, hi)``, which
     writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` for such a batch x_b (pad, im2col, product,
     reorder; the whole batch by default), then ``max(., 0)`` with ``relu`` (and ``mask[lo:hi]``,
@@ -171,9 +174,9 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
     """
     xp = backend_of(x).xp
     n, f = x.shape[0], w2d.shape[0]
-    columns = columns_for(x, kernel, stride, padding, out_hw)
+    columns = columns_for(x, kernel, stride, padding, out_hw, tag)
     cols, L = columns.cols, columns.per_image
-    y2d = scratch(xp, "conv.y", (f, cols.shape[1]), cols.dtype)
+    y2d = scratch(xp, f"conv.y{tag}", (f, cols.shape[1]), cols.dtype)
     y = _pixels(y2d, n, out_hw, columns.row_pitch)
     bias_column = None if bias is None else bias.reshape(f, 1)
 
@@ -351,35 +354,73 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
     K = C * kh * kw
     w2d_t = weight.reshape(F, K).T
     per_image = K * ho * (W + 2 * pw)
-    step = max(1, _EVAL_COLS_ELEMENTS // per_image)
+    step = max(1, _EVAL_COLS_ELEMENTS // per_image)  # (2^18..2^22 tried: 2^19 is best)
     dx = scratch(xp, "conv.sliced_dx", x.shape, dy.dtype) if input_grad else None
+
+    # stride 1, padding <= kernel - 1 and C_out <= C_in: dx is the convolution of dy, padded by
+    # kernel-1-padding, with the flipped kernel, in and out channels swapped (im2col of dy and
+    # one product instead of W^T @ dY and col2im's kh*kw adds). Backward at batch 128, 2 threads:
+    # 0.78x the time for 32->32 on 32x32, 0.90x for 64->64 on 16x16, 0.94x for 128->128 on 8x8,
+    # but 1.02-1.03x for 32->64 (dy's columns are then twice the input's): hence C_out <= C_in
+    w_flipped = None
+    if (input_grad and _DX_BY_CONV and stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
+            and F <= C):
+        w_flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        w_flipped = w_flipped.reshape(C, F * kh * kw)
 
     def block(lo: int, hi: int) -> tuple:
         if pool_block is not None:  # dL/d(conv or ReLU output) of these images, from the pooling
             pool_block(lo, hi)
         dw = db = None
+        buffers = {}  # slice size -> its buffers (made once per call: a buffer still held when
+        # the next slice asks for one of its role would be a fresh array, page faults and all)
         for n0 in range(lo, hi, step):
             n1 = min(n0 + step, hi)
             n = n1 - n0
-            columns = columns_for(x[n0:n1], (kh, kw), stride, padding, (ho, wo))
+            if n not in buffers:
+                columns = columns_for(x[n0:n1], (kh, kw), stride, padding, (ho, wo))
+                pitch = columns.row_pitch
+                # dY laid out like the columns (zeros in the junk columns: only the valid ones
+                # of a buffer of this role are ever written)
+                dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, n, ho, pitch or wo), dy.dtype)
+                if not input_grad:
+                    extra = None
+                elif w_flipped is not None:  # dx by a convolution of dy (buffers of its own)
+                    g = scratch(xp, "conv.sliced_g", (n, F, ho, wo), dy.dtype) \
+                        if mask is not None else None
+                    extra = (g, _convolver(dy[n0:n1], w_flipped, None, (kh, kw), (1, 1),
+                                           (kh - 1 - ph, kw - 1 - pw), (H, W), tag=".t")[0])
+                else:  # dcols, and the padded dx that col2im adds into
+                    extra = (scratch(xp, "conv.dcols", columns.cols.shape, dy.dtype),
+                             col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, dy.dtype))
+                buffers[n] = columns, dy_rows, extra
+            columns, dy_rows, extra = buffers[n]
             fill_columns(columns, x[n0:n1], 0, n)
             cols, pitch = columns.cols, columns.row_pitch
-            # dY laid out like the columns (zeros in the junk columns: only the valid ones of a
-            # buffer of this role are ever written), after the ReLU's backward (dy * mask)
-            dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, n, ho, pitch or wo), dy.dtype)
+            # (after a ReLU that ran as the forward's last step, its backward first: dy * mask)
             relu_backward_into(dy[n0:n1].transpose(1, 0, 2, 3),
                                None if mask is None else mask[n0:n1].transpose(1, 0, 2, 3),
                                dy_rows[:, :, :, :wo])
             dY = dy_rows.reshape(F, cols.shape[1])
-            part = dY @ cols.T  # this slice's share of dL/dW
+            # this slice's share of dL/dW, as (C_in*kh*kw, C_out): cols @ dY^T ran 1.2x faster
+            # than dY @ cols^T (0.72 vs 0.88 ms for 8 images of the BN network's conv2)
+            part = cols @ dY.T
             dw = part if dw is None else xp.add(dw, part, out=dw)
             if has_bias:
                 part = dY.sum(axis=1)
                 db = part if db is None else xp.add(db, part, out=db)
-            if input_grad:  # dL/dcols = W^T @ dY, then col2im into this slice's dx
-                dcols = xp.matmul(w2d_t, dY, out=scratch(xp, "conv.dcols", cols.shape,
-                                                         cols.dtype))
-                dx_pad = col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, cols.dtype)
+            if extra is None:
+                continue
+            if w_flipped is not None:  # dx = conv(dy * mask, flipped kernel)
+                g, convolve_t = extra
+                if g is None:
+                    convolve_t(dy[n0:n1], dx[n0:n1])
+                else:
+                    xp.multiply(dy[n0:n1], mask[n0:n1], out=g)
+                    convolve_t(g, dx[n0:n1])
+            else:  # dL/dcols = W^T @ dY, then col2im into this slice's dx
+                dcols, dx_pad = extra
+                xp.matmul(w2d_t, dY, out=dcols)
                 col2im_block(dcols, dx_pad, (n, C, H, W), (kh, kw), stride, (ho, wo), pitch,
                              0, n)
                 dx[n0:n1] = dx_pad[:, :, ph : ph + H, pw : pw + W]
@@ -387,8 +428,8 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
 
     dw, db = add_blocks(for_batch(xp, N, block, per_item=per_image))
     if dw is None:  # an empty batch
-        dw, db = xp.zeros((F, K), weight.dtype), (xp.zeros(F, weight.dtype) if has_bias else None)
-    return dx, dw.reshape(weight.shape), db
+        dw, db = xp.zeros((K, F), weight.dtype), (xp.zeros(F, weight.dtype) if has_bias else None)
+    return dx, xp.ascontiguousarray(dw.T).reshape(weight.shape), db
 
 
 # dW of columns with fewer rows than this (C_in*kh*kw: a first layer on 1-3 channels) is a stack
