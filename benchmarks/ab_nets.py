@@ -8,6 +8,8 @@ round in the same process, medians reported), for the tricks of issue 16:
 * ``sliced-vgg``: the same switch on the VGG-style network's training step (batch 128, 32x32);
 * ``dx-conv``: the VGG-style network's training step, dx of a sliced convolution with
   C_out <= C_in as a convolution of dy with the flipped kernel vs W^T @ dY and col2im;
+* ``plain``: the VGG-style network's training step, sliced convolutions in the plain layout
+  where flat rows would be more than 15% junk columns (its 8x8 layers) vs flat rows always;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
   into one convolution) vs the plain model.
 
@@ -31,13 +33,17 @@ import _common as C  # noqa: E402
 from ab_conv import _alternate  # noqa: E402
 from bench_nets import tinynet_model  # noqa: E402
 
-CASES = ["sliced", "sliced-vgg", "dx-conv", "fold-eval"]
+CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "fold-eval"]
 
 
 def _switch(what: str) -> tuple:
     """(way A, way B, set(a: bool)) for a case."""
     from tinynet.fast import conv
 
+    if what == "plain":
+        default = conv._PLAIN_JUNK
+        return ("plain layout at 15%+ junk", "flat rows always",
+                lambda a: setattr(conv, "_PLAIN_JUNK", default if a else 1.0))
     if what == "dx-conv":
         return ("dx by a convolution of dy", "dx by col2im",
                 lambda a: setattr(conv, "_DX_BY_CONV", a))
@@ -49,7 +55,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     from tinynet import nn
     from tinynet.fast import conv
 
-    net_name = "vgg" if what in ("sliced-vgg", "dx-conv") else "bn"
+    net_name = "vgg" if what in ("sliced-vgg", "dx-conv", "plain") else "bn"
     model = tinynet.fuse(tinynet_model(net_name, seed))
     rng = np.random.default_rng(seed)
     shape = (3, 32, 32) if net_name == "vgg" else (1, 28, 28)
@@ -58,7 +64,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     loss_fn = nn.CrossEntropyLoss()
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     way_a, way_b, set_way = _switch(what)
-    defaults = conv._SLICED, conv._DX_BY_CONV
+    defaults = conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK
 
     def run_once(a: bool) -> float:
         set_way(a)
@@ -75,7 +81,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     try:
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
-        conv._SLICED, conv._DX_BY_CONV = defaults
+        conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK = defaults
 
 
 def ab_fold_eval(calls: int, rounds: int, seed: int) -> dict:
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
             label = "fold-eval: 1000 images, BN network"
             r = ab_fold_eval(1 if args.quick else 3, rounds, args.seed)
         else:
-            net = "VGG-style" if what in ("sliced-vgg", "dx-conv") else "BN"
+            net = "VGG-style" if what in ("sliced-vgg", "dx-conv", "plain") else "BN"
             label = f"{what}: training step, {net} network, batch {bs}"
             r = ab_steps(what, bs, 1 if args.quick else 8, rounds, args.seed)
         (a, ra), (b, rb) = r.items()

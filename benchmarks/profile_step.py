@@ -9,6 +9,7 @@ writes JSON under ``benchmarks/results/``.
 
     python benchmarks/profile_step.py                           # the course network, batch 64
     python benchmarks/profile_step.py --net bn --batch-size 128 # the BatchNorm example network
+    python benchmarks/profile_step.py --net vgg --batch-size 128  # bench_nets.py's VGG-style stack
     python benchmarks/profile_step.py --quick                   # a smoke test
 
 This is the profile behind the kernels' speed notes: the timers sit between modules, so the
@@ -34,6 +35,10 @@ def build(net: str):
 
     if net == "course":
         return course_cnn(), dict(momentum=0.9)
+    if net == "vgg":  # the VGG-style stack of bench_nets.py (32x32 images of 3 channels)
+        from bench_nets import tinynet_model
+
+        return tinynet_model("vgg", 0), dict(momentum=0.9, nesterov=True, weight_decay=5e-4)
     sys.path.insert(0, str(C.ROOT / "examples"))
     from train_fashion_mnist_bn import bn_cnn
 
@@ -50,7 +55,8 @@ def profile(net: str, batch_size: int, steps: int, warmup: int, seed: int) -> di
     loss_fn = nn.CrossEntropyLoss()
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, **sgd)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, 1, 28, 28)).astype(np.float32)
+    shape = (3, 32, 32) if net == "vgg" else (1, 28, 28)
+    x = rng.standard_normal((batch_size,) + shape).astype(np.float32)
     y = rng.integers(0, 10, batch_size)
     modules = list(model)
     fwd = np.zeros(len(modules))
@@ -98,7 +104,7 @@ def profile(net: str, batch_size: int, steps: int, warmup: int, seed: int) -> di
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--net", choices=("course", "bn"), default="course",
+    p.add_argument("--net", choices=("course", "bn", "vgg"), default="course",
                    help="course: the course network; bn: examples/train_fashion_mnist_bn.py's")
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 (course), 128 (bn)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 300 / 40)")

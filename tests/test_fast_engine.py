@@ -409,13 +409,16 @@ def test_tinynet_kernels_environment_variable_selects_the_mode():
 
 
 # -- training by slices (conv.SlicedCache) -------------------------------------------------------
-@pytest.fixture(params=["whole slices", "one image per slice", "one image per slice, col2im"])
+@pytest.fixture(params=["whole slices", "one image per slice", "one image per slice, col2im",
+                        "one image per slice, plain layout"])
 def sliced(request, monkeypatch):
     """Training by slices for every drawn geometry (not only for 64+ column rows), with slices
-    of one image or of the whole batch; dx by a convolution of dy (stride 1) or by col2im."""
+    of one image or of the whole batch; dx by a convolution of dy (stride 1) or by col2im; the
+    flat-rows layout where the stride is 1, or always the plain one."""
     monkeypatch.setattr(conv, "_SLICED_MIN_ROWS", 0)
     monkeypatch.setattr(conv, "_ROWS_MAX_WIDTH", 0)
     monkeypatch.setattr(conv, "_DX_BY_CONV", "col2im" not in request.param)
+    monkeypatch.setattr(conv, "_PLAIN_JUNK", -1.0 if "plain" in request.param else 1.0)
     if request.param.startswith("one image per slice"):
         monkeypatch.setattr(conv, "_EVAL_COLS_ELEMENTS", 1)
     else:

@@ -57,6 +57,18 @@ _SLICED = True  # (a switch for benchmarks/ab_nets.py)
 _DX_BY_CONV = True  # (a switch for benchmarks/ab_nets.py: see _sliced_backward)
 
 
+# Training by slices takes the plain layout (no junk columns, strided copies) when more than this
+# share of the flat rows' columns would be junk (W_pad - W_out of every W_pad). Forward + backward
+# at batch 128, plain / flat: 0.92 for 128->128 on 8x8 (20% junk), 0.95 for 64->128 on 8x8, but
+# 1.05 on 16x16 (11%), 1.07 on 14x14 (12.5%), 1.27 on 32x32 (6%)
+_PLAIN_JUNK = 0.15
+
+
+def _flat_pays(out_width: int, padded_width: int) -> bool:
+    """Flat rows (junk columns, contiguous copies) rather than the plain layout, by slices?"""
+    return (padded_width - out_width) <= _PLAIN_JUNK * padded_width
+
+
 def _by_rows(kernel: tuple, padded_width: int) -> bool:
     """Convolve by rows (conv_rows.py) rather than by im2col columns?"""
     return padded_width <= _ROWS_MAX_WIDTH * kernel[1]
@@ -110,7 +122,7 @@ class _Columns(NamedTuple):
 
 
 def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple,
-                tag: str = "") -> _Columns:
+                tag: str = "", flat: bool = True) -> _Columns:
     """Buffers for the columns of an input batch (N, C, H, W); nothing is copied yet.
 
     ``cols[(c, u, v), n*L + q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
@@ -125,7 +137,7 @@ def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tu
     hp, wp = H + 2 * ph, W + 2 * pw
     # (the role names the padding: every user of one buffer writes the same inside, so the
     # borders and the spare row of a recycled buffer are still 0)
-    if (sh, sw) == (1, 1):
+    if (sh, sw) == (1, 1) and flat:
         # flat rows: the padded input with one spare zero row, so that the slice of the last
         # offset, [(kh-1)*W_pad + kw-1, ... + H_out*W_pad), stays inside its own channel
         x_pad = scratch(xp, f"conv.x_pad{tag}.{ph}.{pw}", (N, C, hp + 1, wp), x.dtype)
@@ -166,7 +178,8 @@ def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
 
 
 def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, padding: tuple,
-               out_hw: tuple, relu: bool = False, mask: Any = None, tag: str = "") -> tuple:
+               out_hw: tuple, relu: bool = False, mask: Any = None, tag: str = "",
+               flat: bool = True) -> tuple:
     """Buffers for convolving a batch of x's shape, and ``convolve(x_b, out_b, lo, hi)``, which
     writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` for such a batch x_b (pad, im2col, product,
     reorder; the whole batch by default), then ``max(., 0)`` with ``relu`` (and ``mask[lo:hi]``,
@@ -174,7 +187,7 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
     """
     xp = backend_of(x).xp
     n, f = x.shape[0], w2d.shape[0]
-    columns = columns_for(x, kernel, stride, padding, out_hw, tag)
+    columns = columns_for(x, kernel, stride, padding, out_hw, tag, flat)
     cols, L = columns.cols, columns.per_image
     y2d = scratch(xp, f"conv.y{tag}", (f, cols.shape[1]), cols.dtype)
     y = _pixels(y2d, n, out_hw, columns.row_pitch)
@@ -227,6 +240,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     per_image = C * kh * kw * ho * wp
     sliced = training and not by_rows and _SLICED and C * kh * kw >= _SLICED_MIN_ROWS \
         and backend_of(x).device == "cpu"
+    flat = not sliced or _flat_pays(wo, wp)
     if not training or sliced:
         # evaluation (and training by slices): no columns are kept, so each thread convolves its
         # images a slice at a time through buffers for one slice (on the GPU the whole batch is
@@ -239,7 +253,8 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
             for n0 in range(lo, hi, step):
                 n1 = min(n0 + step, hi)
                 if n1 - n0 not in convolvers:
-                    convolvers[n1 - n0] = _convolver(x[n0:n1], w2d, bias, *geometry, relu)[0]
+                    convolvers[n1 - n0] = _convolver(x[n0:n1], w2d, bias, *geometry, relu,
+                                                     flat=flat)[0]
                 convolvers[n1 - n0](x[n0:n1], out[n0:n1])
                 if mask is not None:  # the ReLU's mask [y > 0], for backward
                     xp.greater(out[n0:n1], 0, out=mask[n0:n1])
@@ -378,7 +393,8 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
             n1 = min(n0 + step, hi)
             n = n1 - n0
             if n not in buffers:
-                columns = columns_for(x[n0:n1], (kh, kw), stride, padding, (ho, wo))
+                columns = columns_for(x[n0:n1], (kh, kw), stride, padding, (ho, wo),
+                                      flat=_flat_pays(wo, W + 2 * pw))
                 pitch = columns.row_pitch
                 # dY laid out like the columns (zeros in the junk columns: only the valid ones
                 # of a buffer of this role are ever written)
@@ -389,7 +405,8 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                     g = scratch(xp, "conv.sliced_g", (n, F, ho, wo), dy.dtype) \
                         if mask is not None else None
                     extra = (g, _convolver(dy[n0:n1], w_flipped, None, (kh, kw), (1, 1),
-                                           (kh - 1 - ph, kw - 1 - pw), (H, W), tag=".t")[0])
+                                           (kh - 1 - ph, kw - 1 - pw), (H, W), tag=".t",
+                                           flat=_flat_pays(W, wo + 2 * (kw - 1 - pw)))[0])
                 else:  # dcols, and the padded dx that col2im adds into
                     extra = (scratch(xp, "conv.dcols", columns.cols.shape, dy.dtype),
                              col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, dy.dtype))
