@@ -152,3 +152,28 @@ def test_fuse_leaves_conv_bn_of_mismatched_channels_and_other_groups_alone():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3), nn.Conv2d(1, 2, 3), nn.ReLU())
     assert [type(m).__name__ for m in tinynet.fuse(model)] == ["Conv2d", "BatchNorm2d",
                                                                "ConvReLU"]
+
+
+def test_recycled_buffers_of_training_and_evaluation_never_live_in_the_table_together():
+    """A switch between gradient mode and no_grad forgets the other mode's buffers (the peak
+    memory is then the larger of the two, not their sum); a buffer still in use is never
+    handed out again either way."""
+    from tinynet.fast import _recycle
+
+    _recycle.clear()
+    a = _recycle.scratch(np, "test.buf", (4, 5), np.float32)
+    a_id = id(a)
+    del a
+    again = _recycle.scratch(np, "test.buf", (4, 5), np.float32)
+    assert id(again) == a_id  # recycled within one mode
+    del again
+    with tinynet.no_grad():
+        big = _recycle.scratch(np, "test.big", (1000, 10), np.float32)
+        assert all(key[1] != "test.buf" for key in _recycle._local.table)  # forgotten
+        held = big
+    fresh = _recycle.scratch(np, "test.big", (1000, 10), np.float32)
+    assert fresh is not held and all(key[1] != "test.big" or value is fresh
+                                     for key, value in _recycle._local.table.items())
+    held[...] = 7
+    assert not fresh.any()  # the evaluation buffer still held was not handed out
+    _recycle.clear()

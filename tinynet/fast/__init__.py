@@ -8,15 +8,17 @@ reference and is tested equal to it (``tests/test_fast_engine.py``).
 
 On the CPU (NumPy):
     * ``conv.py``, ``conv_rows.py``: convolution by flat-row columns, by rows and a banded weight
-      matrix for narrow images, per-image dW for few-row columns, evaluation in cache-sized slices;
+      matrix for narrow images, per-image dW for few-row columns, evaluation and (for columns of
+      64+ rows) training in cache-sized slices;
     * ``pooling.py``: max pooling by running maxima over offset slices;
     * ``activation.py``: ReLU against a zero array;
-    * ``batchnorm.py``: batch normalisation in few passes over memory;
+    * ``batchnorm.py``: batch normalisation in few passes over memory, one block per thread;
     * ``threads.py``: a batch's images split over the cores; ``_recycle.py``: recycled buffers.
 On the GPU (CuPy): ``cuda.py``, fused kernels for the SGD step and the max-pool backward.
 
 Fusion is an explicit step: :func:`tinynet.fuse` (``fuse.py``) returns a new model in which
-Conv2d+ReLU(+MaxPool2d) and Linear+ReLU run as one call, sharing the original's Parameters.
+Conv2d+ReLU(+MaxPool2d) and Linear+ReLU run as one call, sharing the original's Parameters, and
+Conv2d+BatchNorm2d(+ReLU(+MaxPool2d)) is one folded convolution in evaluation.
 """
 
 from .. import kernels

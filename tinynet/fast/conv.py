@@ -23,6 +23,11 @@ The math and the shapes are in the reference kernel's docstring; here is only wh
   images per thread (``threads.for_batch``); the blocks' shares of dW and db are added at the end.
 * **Evaluation** (``tinynet.no_grad()``) keeps no columns, so each thread convolves its images a
   slice at a time through small buffers that stay in its core's cache.
+* **Training by slices** (``SlicedCache``, columns of 64+ rows): forward runs as evaluation does
+  and keeps only the input; backward makes each slice's columns again, in the cache, and adds
+  that slice's dW, db and dx at once. For a stride-1 layer with C_out <= C_in, dx is the
+  convolution of dy with the flipped kernel (no col2im); where flat rows would be more than 15%
+  junk columns (8x8 images), the plain layout.
 * **Recycled buffers** (``_recycle.scratch``): fresh multi-megabyte arrays cost page faults.
 
 Measurements behind each choice: ``docs/speed.md``.

@@ -12,8 +12,11 @@ fused model shares the original's Parameters and buffers (an optimizer over
 ``model.parameters()`` trains both), but keeps its own forward caches and train/eval mode, so
 the two can run in any order; save the original (its state-dict keys are the plain ones).
 Each fused group computes exactly the same outputs and gradients as its modules run one by one
-(tested bit for bit). Inside ``tinynet.use_reference()``, or off the CPU, a fused group runs the
-same steps' kernels in turn (keeping their caches itself: its modules' own state is untouched).
+(tested bit for bit), with one exception: a Conv2d+BatchNorm2d group (:class:`ConvBN`) in
+evaluation under ``no_grad`` folds the BatchNorm into the convolution's weights and bias, equal to
+the plain model to rounding only (in training it runs its modules in turn, bit for bit). Inside
+``tinynet.use_reference()``, or off the CPU, a fused group runs the same steps' kernels in turn
+(keeping their caches itself: its modules' own state is untouched).
 """
 
 from __future__ import annotations
