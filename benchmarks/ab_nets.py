@@ -10,6 +10,8 @@ round in the same process, medians reported), for the tricks of issue 16:
   C_out <= C_in as a convolution of dy with the flipped kernel vs W^T @ dY and col2im;
 * ``plain``: the VGG-style network's training step, sliced convolutions in the plain layout
   where flat rows would be more than 15% junk columns (its 8x8 layers) vs flat rows always;
+* ``big-conv``: bench_layers.py's larger convolution alone (32->64, 3x3, padding 1, 32x32,
+  batch 64, forward + backward with dx), by slices vs whole-batch columns;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
   into one convolution) vs the plain model.
 
@@ -33,7 +35,7 @@ import _common as C  # noqa: E402
 from ab_conv import _alternate  # noqa: E402
 from bench_nets import tinynet_model  # noqa: E402
 
-CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "fold-eval"]
+CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "big-conv", "fold-eval"]
 
 
 def _switch(what: str) -> tuple:
@@ -84,6 +86,29 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
         conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK = defaults
 
 
+def ab_big_conv(calls: int, rounds: int, seed: int) -> dict:
+    from tinynet.fast import conv
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
+    w = (rng.standard_normal((64, 32, 3, 3)) * 0.1).astype(np.float32)
+    dy = rng.standard_normal((64, 64, 32, 32)).astype(np.float32)
+    default = conv._SLICED
+
+    def run(a: bool) -> float:
+        conv._SLICED = a
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            cache = conv.conv2d_forward(x, w, None, 1, 1)[1]
+            conv.conv2d_backward(dy, cache)
+        return (time.perf_counter() - t0) / calls
+
+    try:
+        return _alternate({"by slices": True, "whole-batch columns": False}, rounds, run)
+    finally:
+        conv._SLICED = default
+
+
 def ab_fold_eval(calls: int, rounds: int, seed: int) -> dict:
     import tinynet
 
@@ -119,7 +144,10 @@ def main(argv=None) -> int:
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
     results, rows = [], []
     for what in args.what:
-        if what == "fold-eval":
+        if what == "big-conv":
+            label = "big-conv: 32->64 3x3 p1, 32x32, batch 64, forward + backward"
+            r = ab_big_conv(1 if args.quick else 5, rounds, args.seed)
+        elif what == "fold-eval":
             label = "fold-eval: 1000 images, BN network"
             r = ab_fold_eval(1 if args.quick else 3, rounds, args.seed)
         else:

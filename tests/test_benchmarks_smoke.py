@@ -89,3 +89,15 @@ def test_bench_nets_quick(tmp_path):
         assert len(data["ratios"][0]["epoch_s"]) == 1
         # the same initial weights: the first batches' losses agree closely
         assert abs(by["torch", "vgg"]["loss"] - vgg["loss"]) < 0.5
+
+
+def test_ab_nets_quick(tmp_path):
+    cmd = [sys.executable, str(BENCH / "ab_nets.py"), "--quick", "--out-dir", str(tmp_path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "| case" in out
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    cases = [r["case"].split(":")[0] for r in data["results"]]
+    assert cases == ["sliced", "sliced-vgg", "dx-conv", "plain", "big-conv", "fold-eval"]
+    for r in data["results"]:
+        assert len(r["ways"]) == 2 and all(w["median_ms"] > 0 for w in r["ways"].values())
