@@ -425,6 +425,28 @@ def test_fuse_shows_its_groups_and_leaves_the_model_as_it_was():
     assert tinynet.fuse(custom) is custom  # not a Sequential: nothing to fuse
 
 
+def test_the_fused_model_shares_the_train_eval_mode_of_the_plain_one():
+    """model.eval() puts the fused copy's BatchNorm and Dropout in evaluation too (and back):
+    a fused copy left in training would normalise with the batch and drop units, silently."""
+    tinynet.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, dtype=tinynet.float64),
+                          nn.BatchNorm2d(2, dtype=tinynet.float64), nn.ReLU(), nn.Flatten(),
+                          nn.Dropout(0.5), nn.Linear(32, 3, dtype=tinynet.float64))
+    fused = tinynet.fuse(model)
+    x = normal(0, (4, 1, 6, 6))
+    model(x)  # one training step's statistics, so that the running ones are not the defaults
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    with tinynet.no_grad():
+        np.testing.assert_allclose(fused(x), model(x), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fused(x), fused(x))  # no dropout: the same twice
+    fused.train()
+    assert all(m.training for m in list(model.modules())[1:])
+    before = model[1].running_mean.copy()
+    fused(x)  # training: the batch's statistics update the shared running mean
+    assert not np.array_equal(model[1].running_mean, before)
+
+
 def test_a_pool_too_large_for_the_fused_conv_output_gives_the_pools_error():
     model = tinynet.fuse(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(4)))
     with pytest.raises(ValueError, match=r"MaxPool2d.*window 4x4 is larger"):

@@ -283,8 +283,10 @@ def fit(
             ``--resume`` command line).
         meta: extra JSON-friendly data stored in every checkpoint (e.g. the run's settings).
         fuse: train and evaluate a fused copy of the model (:func:`tinynet.fuse`: each
-            Conv2d+ReLU(+MaxPool2d) and Linear+ReLU as one call, the same numbers bit for bit,
-            sharing the model's Parameters); False runs the model's modules one by one.
+            Conv2d+ReLU(+MaxPool2d) and Linear+ReLU as one call, sharing the model's
+            Parameters, buffers and mode): the same numbers bit for bit, except that a
+            Conv2d+BatchNorm2d group evaluates as one folded convolution (equal to rounding);
+            False runs the model's modules one by one.
         monitor: watch the gradient flow: True for a :class:`tinynet.lab.flow.FlowMonitor` with
             its defaults, or a monitor object (``FlowMonitor(every=K)``). Every K updates it
             records each layer's gradient and weight norms, its update/weight ratio, the

@@ -8,9 +8,9 @@ cache (the ``relu=`` and ``pool=`` epilogues of ``conv.py``), and its backward a
 backward as the convolution reorders dY anyway.
 
 ``fuse`` returns a NEW model: the original is left as it is and keeps working on its own. The
-fused model shares the original's Parameters and buffers (an optimizer over
-``model.parameters()`` trains both), but keeps its own forward caches and train/eval mode, so
-the two can run in any order; save the original (its state-dict keys are the plain ones).
+fused model shares the original's Parameters, buffers and train/eval mode (an optimizer over
+``model.parameters()`` trains both; ``model.eval()`` puts both in evaluation), but keeps its own
+forward caches, so the two can run in any order; save the original (its state-dict keys are the plain ones).
 Each fused group computes exactly the same outputs and gradients as its modules run one by one
 (tested bit for bit), with one exception: a Conv2d+BatchNorm2d group (:class:`ConvBN`) in
 evaluation under ``no_grad`` folds the BatchNorm into the convolution's weights and bias, equal to
@@ -202,7 +202,7 @@ class ConvBN(Module):
 
     def _foldable(self, x: Any) -> bool:
         bn = self.parts[1]
-        return (not self.training and not is_grad_enabled() and kernels.get_mode() == "fast"
+        return (not bn.training and not is_grad_enabled() and kernels.get_mode() == "fast"
                 and device_of(x) == "cpu" and bn.track_running_stats
                 and bn.running_mean is not None)
 
@@ -260,14 +260,39 @@ def _plain(module: Module, cls: type) -> bool:
 
 
 def _own_state(module: Module) -> Module:
-    """A leaf module that shares the original's Parameters and buffers but keeps its own cache
-    and mode, so that running the plain model and the fused one in any order never mixes their
-    forward passes. (A module with children, or one wrapped on the instance, is kept as it is.)"""
+    """A leaf module that shares the original's Parameters, buffers and train/eval mode but keeps
+    its own cache, so that running the plain model and the fused one in any order never mixes
+    their forward passes. (A module with children, or one wrapped on the instance, is kept as it
+    is.)"""
     d = module.__dict__
     if module._modules or "forward" in d or "backward" in d:
         return module
     twin = copy.copy(module)  # (the same _parameters and _buffers tables: shared weights)
+    twin.__class__ = _twin_class(type(module))
+    object.__setattr__(twin, "_original", module)
     object.__setattr__(twin, "_cache", _NO_CACHE)
+    return twin
+
+
+_TWIN_CLASSES: dict = {}
+
+
+def _twin_class(cls: type) -> type:
+    """``cls`` whose ``training`` is the original module's: ``model.eval()`` on the plain model
+    puts the fused one in evaluation too (a BatchNorm or Dropout in the other mode would compute
+    something else without a word), and ``fused.train()`` the plain one."""
+    twin = _TWIN_CLASSES.get(cls)
+    if twin is None:
+        def get(self: Module) -> bool:
+            return self.__dict__["_original"].training
+
+        def put(self: Module, mode: bool) -> None:
+            object.__setattr__(self.__dict__["_original"], "training", mode)
+
+        twin = type(cls.__name__, (cls,), {"training": property(get, put),
+                                           "__module__": cls.__module__,
+                                           "__qualname__": cls.__qualname__})
+        _TWIN_CLASSES[cls] = twin
     return twin
 
 
