@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.getcwd())  # the checkout we are run from, before an installed tinynet
-sys.path.insert(1, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+
+sys.path.insert(0, os.getcwd())  # the checkout we are run from, before this one and an install
 
 
 def main(argv=None) -> int:

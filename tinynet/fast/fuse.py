@@ -9,8 +9,9 @@ backward as the convolution reorders dY anyway.
 
 ``fuse`` returns a NEW model: the original is left as it is and keeps working on its own. The
 fused model shares the original's Parameters, buffers and train/eval mode (an optimizer over
-``model.parameters()`` trains both; ``model.eval()`` puts both in evaluation), but keeps its own
-forward caches, so the two can run in any order; save the original (its state-dict keys are the plain ones).
+``model.parameters()`` trains both; ``model.eval()`` puts both in evaluation), but keeps its
+own forward caches, so the two can run in any order; save the original (its state-dict keys
+are the plain ones).
 Each fused group computes exactly the same outputs and gradients as its modules run one by one
 (tested bit for bit), with one exception: a Conv2d+BatchNorm2d group (:class:`ConvBN`) in
 evaluation under ``no_grad`` folds the BatchNorm into the convolution's weights and bias, equal to
