@@ -134,6 +134,14 @@ def write_json(name: str, data: dict, out_dir: str | os.PathLike | None = None) 
     return path
 
 
+def output_arguments(parser: Any, default_name: str) -> None:
+    """``--out-dir`` and ``--name``, the options of every script's JSON (see save_results)."""
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for the JSON (default benchmarks/results)")
+    parser.add_argument("--name", default=None,
+                        help=f"JSON file name (default {default_name})")
+
+
 def save_results(args: Any, default_name: str, data: dict) -> Path:
     """Write a script's JSON (``--name``, else ``default_name``, ``_quick`` added in quick mode;
     into ``--out-dir``) and say where."""

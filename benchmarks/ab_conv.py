@@ -172,9 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--sample", action="store_true",
                    help="the shipped sample, not the full data")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 rounds, few steps")
-    p.add_argument("--out-dir", default=None,
-                   help="folder for the JSON (default benchmarks/results)")
-    p.add_argument("--name", default=None, help="JSON file name (default ab_conv[_quick])")
+    C.output_arguments(p, "ab_conv[_quick]")
     args = p.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)

@@ -135,9 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke test: 2 rounds, few steps")
-    p.add_argument("--out-dir", default=None,
-                   help="folder for the JSON (default benchmarks/results)")
-    p.add_argument("--name", default=None, help="JSON file name (default ab_nets[_quick])")
+    C.output_arguments(p, "ab_nets[_quick]")
     args = p.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
     bs = 8 if args.quick else args.batch_size

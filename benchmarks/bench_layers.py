@@ -105,8 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="3 repeats, batch 8: a smoke test")
-    p.add_argument("--out-dir", default=None)
-    p.add_argument("--name", default=None)
+    C.output_arguments(p, "bench_layers[_quick]")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.batch = 3, 8

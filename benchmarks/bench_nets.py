@@ -219,9 +219,7 @@ def parse_args(argv=None):
                    help="smoke test: 5 bn batches on the sample, 2 vgg steps at batch 8")
     p.add_argument("--sample", action="store_true",
                    help="use tinynet's shipped sample instead of the full data set")
-    p.add_argument("--out-dir", default=None,
-                   help="folder for the JSON (default benchmarks/results)")
-    p.add_argument("--name", default=None, help="JSON file name (default bench_nets[_quick])")
+    C.output_arguments(p, "bench_nets[_quick]")
     p.add_argument("--worker", choices=["tinynet", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--net", choices=["bn", "vgg"], help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)

@@ -182,9 +182,7 @@ def parse_args(argv=None):
                    help="smoke test: 20 batches per run, batch 64 only")
     p.add_argument("--sample", action="store_true",
                    help="use tinynet's shipped sample instead of the full data set")
-    p.add_argument("--out-dir", default=None,
-                   help="folder for the JSON (default benchmarks/results)")
-    p.add_argument("--name", default=None, help="JSON file name (default bench_train[_quick])")
+    C.output_arguments(p, "bench_train[_quick]")
     p.add_argument("--worker", choices=TINYNET_WAYS + ["torch"], help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -112,9 +112,7 @@ def main(argv=None) -> int:
                    help="threads (tinynet.set_num_threads; BLAS is limited to as many)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke test: 3 steps")
-    p.add_argument("--out-dir", default=None,
-                   help="folder for the JSON (default benchmarks/results)")
-    p.add_argument("--name", default=None, help="JSON file name (default profile_step_<net>)")
+    C.output_arguments(p, "profile_step_<net>")
     args = p.parse_args(argv)
     batch = args.batch_size or (64 if args.net == "course" else 128)
     steps = 3 if args.quick else (args.steps or (300 if args.net == "course" else 40))
