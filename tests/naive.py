@@ -72,3 +72,23 @@ def naive_maxpool_backward(dy, where, x_shape):
                     h, w = where[n, c, i, j]
                     dx[n, c, h, w] += dy[n, c, i, j]
     return dx
+
+
+def pool_input(x_shape, seed, ties):
+    """A drawn max-pool input: ties=True draws few distinct values, so windows often hold several
+    maxima (the first must win). Returns (x, its generator)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, x_shape).astype(np.float64) if ties else rng.standard_normal(x_shape)
+    return x, rng
+
+
+def check_maxpool(forward, backward, x, kernel, stride, padding, rng):
+    """``forward``/``backward`` (a max-pool pair) against the naive loop, forward and backward.
+    Returns (y, cache, dy) for further checks."""
+    y, cache = forward(x, kernel, stride, padding)
+    ny, where = naive_maxpool(x, kernel, stride, padding)
+    np.testing.assert_array_equal(y, ny)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(backward(dy, cache), naive_maxpool_backward(dy, where, x.shape),
+                               rtol=1e-12, atol=1e-12)
+    return y, cache, dy

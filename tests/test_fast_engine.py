@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import naive_conv2d, naive_conv2d_backward, naive_maxpool, naive_maxpool_backward
+from naive import (
+    check_maxpool,
+    naive_conv2d,
+    naive_conv2d_backward,
+    naive_maxpool,
+    naive_maxpool_backward,
+    pool_input,
+)
 from strategies import batchnorm_cases, conv_geometry, pool_geometry
 
 import tinynet
@@ -155,20 +162,14 @@ def test_conv2d_with_relu_and_pool_matches_naive_loops(geometry, seed, pool, con
 @given(geometry=pool_geometry(), seed=st.integers(0, 2**16), ties=st.booleans())
 def test_fast_maxpool2d_matches_naive_loops_and_the_reference(geometry, seed, ties):
     x_shape, kernel, stride, padding = geometry
-    rng = np.random.default_rng(seed)
-    # ties=True: few distinct values, so windows often hold several maxima (first one must win)
-    x = rng.integers(0, 3, x_shape).astype(np.float64) if ties else rng.standard_normal(x_shape)
-    y, cache = F.maxpool2d_forward(x, kernel, stride, padding)
-    ny, where = naive_maxpool(x, kernel, stride, padding)
-    np.testing.assert_array_equal(y, ny)
+    x, rng = pool_input(x_shape, seed, ties)
+    y, cache, dy = check_maxpool(F.maxpool2d_forward, F.maxpool2d_backward, x, kernel, stride,
+                                 padding, rng)
     ry, rcache = R.maxpool2d_forward(x, kernel, stride, padding)  # and equal to the reference
     np.testing.assert_array_equal(cache.argmax, rcache.argmax)
     with tinynet.no_grad():  # evaluation takes another path (rows, then columns; no argmax)
-        np.testing.assert_array_equal(F.maxpool2d_forward(x, kernel, stride, padding)[0], ny)
-    dy = rng.standard_normal(y.shape)
+        np.testing.assert_array_equal(F.maxpool2d_forward(x, kernel, stride, padding)[0], y)
     np.testing.assert_array_equal(F.maxpool2d_backward(dy, cache), R.maxpool2d_backward(dy, rcache))
-    np.testing.assert_allclose(F.maxpool2d_backward(dy, cache),
-                               naive_maxpool_backward(dy, where, x_shape), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

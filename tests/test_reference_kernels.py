@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import naive_conv2d, naive_conv2d_backward, naive_maxpool, naive_maxpool_backward
+from naive import check_maxpool, naive_conv2d, naive_conv2d_backward, pool_input
 from strategies import batchnorm_cases, conv_geometry, pool_geometry
 
 import tinynet.functional as F
@@ -44,16 +44,9 @@ def test_reference_conv2d_matches_naive_loops(geometry, seed):
 @settings(max_examples=60, deadline=None)
 @given(geometry=pool_geometry(), seed=st.integers(0, 2**16), ties=st.booleans())
 def test_reference_maxpool2d_matches_naive_loops(geometry, seed, ties):
-    """ties=True draws few distinct values, so windows hold several maxima: the first wins."""
     x_shape, kernel, stride, padding = geometry
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 3, x_shape).astype(np.float64) if ties else rng.standard_normal(x_shape)
-    y, cache = F.maxpool2d_forward(x, kernel, stride, padding)
-    ny, where = naive_maxpool(x, kernel, stride, padding)
-    np.testing.assert_array_equal(y, ny)
-    dy = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(F.maxpool2d_backward(dy, cache),
-                               naive_maxpool_backward(dy, where, x_shape), rtol=1e-12, atol=1e-12)
+    x, rng = pool_input(x_shape, seed, ties)
+    check_maxpool(F.maxpool2d_forward, F.maxpool2d_backward, x, kernel, stride, padding, rng)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
