@@ -119,6 +119,7 @@ class Conv2d(Module):
         check_layer_input(f"Conv2d({self.extra_repr()})", x, self.weight.data)
         self.output_shape(x.shape)  # explains a wrong shape before the math starts
         bias = self.bias.data if self.bias is not None else None
+        # the math: tinynet/functional/conv.py (kernels.py may run the fast engine's twin)
         y, cache = kernels.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
         self.save_for_backward((cache, y.shape))
         return y

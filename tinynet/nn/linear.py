@@ -87,6 +87,7 @@ class Linear(Module):
         check_layer_input(f"Linear({self.extra_repr()})", x, self.weight.data)
         self.output_shape(x.shape)
         bias = self.bias.data if self.bias is not None else None
+        # the math: tinynet/functional/linear.py (through the dispatcher, tinynet/kernels.py)
         y, cache = kernels.linear_forward(x, self.weight.data, bias)
         self.save_for_backward((cache, y.shape))
         return y
