@@ -83,9 +83,16 @@ def register(name: str, device: str, forward: Callable, backward: Callable | Non
         _fast_backward[cache_type] = backward
 
 
+_homes: dict[str, Any] = {}  # module name -> the imported module (imported once)
+
+
 def reference(name: str) -> Callable:
-    """The reference kernel ``name`` (looked up now: a patch takes effect)."""
-    return getattr(importlib.import_module(_HOME.get(name, "tinynet.functional")), name)
+    """The reference kernel ``name`` (its attribute looked up now: a patch takes effect)."""
+    home = _HOME.get(name, "tinynet.functional")
+    module = _homes.get(home)
+    if module is None:
+        module = _homes[home] = importlib.import_module(home)
+    return getattr(module, name)
 
 
 def implementation(name: str, device: str) -> Callable:
