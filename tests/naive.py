@@ -92,3 +92,21 @@ def check_maxpool(forward, backward, x, kernel, stride, padding, rng):
     np.testing.assert_allclose(backward(dy, cache), naive_maxpool_backward(dy, where, x.shape),
                                rtol=1e-12, atol=1e-12)
     return y, cache, dy
+
+
+def check_conv(forward, backward, x, w, b, stride, padding, rng):
+    """``forward``/``backward`` (a convolution pair) against the naive loops: y (float64,
+    contiguous), dx, dw and db (None without bias). Returns (y, cache, dy)."""
+    y, cache = forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(y, naive_conv2d(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
+    assert y.dtype == np.float64 and y.flags.c_contiguous
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = backward(dy, cache)
+    ndx, ndw, ndb = naive_conv2d_backward(dy, x, w, stride, padding)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
+    if b is not None:
+        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
+    else:
+        assert db is None
+    return y, cache, dy

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import (
+    check_conv,
     check_maxpool,
     naive_conv2d,
     naive_conv2d_backward,
@@ -79,19 +80,7 @@ def conv_method(request, monkeypatch):
 @given(geometry=conv_geometry(), seed=st.integers(0, 2**16))
 def test_conv2d_matches_naive_loops(geometry, seed, conv_method):
     x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
-    has_bias = b is not None
-    y, cache = F.conv2d_forward(x, w, b, stride, padding)
-    np.testing.assert_allclose(y, naive_conv2d(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
-    assert y.flags.c_contiguous and y.dtype == np.float64
-    dy = rng.standard_normal(y.shape)
-    dx, dw, db = F.conv2d_backward(dy, cache)
-    ndx, ndw, ndb = naive_conv2d_backward(dy, x, w, stride, padding)
-    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    if has_bias:
-        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
-    else:
-        assert db is None
+    check_conv(F.conv2d_forward, F.conv2d_backward, x, w, b, stride, padding, rng)
 
 
 @settings(max_examples=40, deadline=None)

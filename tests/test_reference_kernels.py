@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from naive import check_maxpool, naive_conv2d, naive_conv2d_backward, pool_input
+from naive import check_conv, check_maxpool, pool_input
 from strategies import batchnorm_cases, conv_geometry, pool_geometry
 
 import tinynet.functional as F
@@ -24,18 +24,8 @@ def test_reference_conv2d_matches_naive_loops(geometry, seed):
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[0]) if has_bias else None
-    y, cache = F.conv2d_forward(x, w, b, stride, padding)
-    np.testing.assert_allclose(y, naive_conv2d(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
-    assert y.dtype == np.float64 and y.flags.c_contiguous
-    dy = rng.standard_normal(y.shape)
-    dx, dw, db = F.conv2d_backward(dy, cache)
-    ndx, ndw, ndb = naive_conv2d_backward(dy, x, w, stride, padding)
-    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    if has_bias:
-        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
-    else:
-        assert db is None
+    _, cache, dy = check_conv(F.conv2d_forward, F.conv2d_backward, x, w, b, stride, padding, rng)
+    dw = F.conv2d_backward(dy, cache)[1]
     dx_none, dw2, _ = F.conv2d_backward(dy, cache, input_grad=False)
     assert dx_none is None
     np.testing.assert_array_equal(dw2, dw)
