@@ -10,6 +10,8 @@ round in the same process, medians reported), for the tricks of issue 16:
   C_out <= C_in as a convolution of dy with the flipped kernel vs W^T @ dY and col2im;
 * ``plain``: the VGG-style network's training step, sliced convolutions in the plain layout
   where flat rows would be more than 15% junk columns (its 8x8 layers) vs flat rows always;
+* ``pool-first`` / ``pool-first-vgg``: a training step of the BN (VGG-style) network, each
+  Conv+BN+ReLU+MaxPool group max-pooling before its ReLU vs the modules in the plain order;
 * ``big-conv``: bench_layers.py's larger convolution alone (32->64, 3x3, padding 1, 32x32,
   batch 64, forward + backward with dx), by slices vs whole-batch columns;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
@@ -23,6 +25,7 @@ round in the same process, medians reported), for the tricks of issue 16:
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -35,13 +38,20 @@ import _common as C  # noqa: E402
 from ab_conv import _alternate  # noqa: E402
 from bench_nets import tinynet_model  # noqa: E402
 
-CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "big-conv", "fold-eval"]
+CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg", "big-conv",
+         "fold-eval"]
+VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg")  # (the others: the BN network)
 
 
 def _switch(what: str) -> tuple:
     """(way A, way B, set(a: bool)) for a case."""
     from tinynet.fast import conv
 
+    fuse = importlib.import_module("tinynet.fast.fuse")  # (the module: tinynet.fast.fuse is also
+    # the name of its function)
+    if what.startswith("pool-first"):
+        return ("pool, then ReLU", "ReLU, then pool",
+                lambda a: setattr(fuse, "_POOL_FIRST", a))
     if what == "plain":
         default = conv._PLAIN_JUNK
         return ("plain layout at 15%+ junk", "flat rows always",
@@ -57,7 +67,8 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     from tinynet import nn
     from tinynet.fast import conv
 
-    net_name = "vgg" if what in ("sliced-vgg", "dx-conv", "plain") else "bn"
+    fuse = importlib.import_module("tinynet.fast.fuse")
+    net_name = "vgg" if what in VGG_CASES else "bn"
     model = tinynet.fuse(tinynet_model(net_name, seed))
     rng = np.random.default_rng(seed)
     shape = (3, 32, 32) if net_name == "vgg" else (1, 28, 28)
@@ -66,7 +77,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     loss_fn = nn.CrossEntropyLoss()
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     way_a, way_b, set_way = _switch(what)
-    defaults = conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK
+    defaults = conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, fuse._POOL_FIRST
 
     def run_once(a: bool) -> float:
         set_way(a)
@@ -83,7 +94,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     try:
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
-        conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK = defaults
+        conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, fuse._POOL_FIRST = defaults
 
 
 def ab_big_conv(calls: int, rounds: int, seed: int) -> dict:
@@ -149,7 +160,7 @@ def main(argv=None) -> int:
             label = "fold-eval: 1000 images, BN network"
             r = ab_fold_eval(1 if args.quick else 3, rounds, args.seed)
         else:
-            net = "VGG-style" if what in ("sliced-vgg", "dx-conv", "plain") else "BN"
+            net = "VGG-style" if what in VGG_CASES else "BN"
             label = f"{what}: training step, {net} network, batch {bs}"
             r = ab_steps(what, bs, 1 if args.quick else 8, rounds, args.seed)
         (a, ra), (b, rb) = r.items()

@@ -123,6 +123,30 @@ def test_conv_bn_group_trains_as_the_plain_model_and_folds_in_evaluation(cfg, se
     np.testing.assert_array_equal(fused(x), twin(x))  # grad enabled: the modules in turn
 
 
+def test_conv_bn_group_pools_before_its_relu_with_the_plain_models_numbers():
+    """In training the group max-pools before the ReLU (a quarter of the numbers for the ReLU);
+    windows whose maximum is negative, zero, tied or positive all give the plain model's output
+    and gradients bit for bit."""
+    tinynet.manual_seed(3)
+    plain = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, dtype=tinynet.float64),
+                          nn.BatchNorm2d(4, dtype=tinynet.float64), nn.ReLU(), nn.MaxPool2d(2))
+    plain[1].bias.data[...] = [-3.0, -0.5, 0.0, 2.0]  # channel 0 mostly <= 0, channel 3 > 0
+    plain[1].weight.data[...] = [1.0, 0.5, -1.0, 1.0]
+    fused = tinynet.fuse(plain)
+    x = np.random.default_rng(4).standard_normal((3, 2, 6, 6))
+    x[0] = 0.0  # image 0: every window of the convolution equal (ties)
+    dy = np.random.default_rng(5).standard_normal((3, 4, 3, 3))
+    twin = plain.copy()
+    y, want = fused(x), twin(x)
+    np.testing.assert_array_equal(y, want)
+    assert (want[:, 0] == 0).mean() > 0.5 and (want[:, 3] > 0).all()
+    relu = fused[0].parts[2]
+    assert relu._cache[1] == (3, 4, 3, 3)  # the ReLU ran on the pooled output
+    np.testing.assert_array_equal(fused.backward(dy), twin.backward(dy))
+    for p, q in zip(fused.parameters(), twin.parameters(), strict=True):
+        np.testing.assert_array_equal(p.grad, q.grad)
+
+
 def test_conv_bn_group_folds_with_the_formula_and_refuses_a_stale_backward():
     tinynet.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=tinynet.float64),
