@@ -32,6 +32,22 @@ def test_bench_layers_quick(tmp_path):
     assert data["machine"]["threads"] == 2 and data["machine"]["cpu"]
 
 
+def test_gemm_floor_quick(tmp_path):
+    data = _run("gemm_floor.py", tmp_path)
+    assert [r["layer"] for r in data["layers"]][0].startswith("larger conv")
+    for r in data["layers"]:
+        assert 0 < r["products_ms"] and 0 < r["tinynet_ms"]
+        assert ("torch_ms" in r) == ("products_over_torch" in r)
+
+
+def test_probe_winograd_quick(tmp_path):
+    """The dropped Winograd convolution still computes the reference's numbers."""
+    data = _run("probe_winograd.py", tmp_path)
+    assert len(data["layers"]) == 6
+    for r in data["layers"]:
+        assert r["max_relative_error"] < 1e-5 and r["winograd_ms"] > 0
+
+
 def test_bench_train_quick(tmp_path):
     pytest.importorskip("tinynet.data")
     data = _run("bench_train.py", tmp_path, "--frameworks", "tinynet", "--sample",

@@ -1,0 +1,225 @@
+"""A tried and dropped trick, kept measurable: Winograd's F(2x2, 3x3) convolution in NumPy.
+
+A 3x3 convolution (stride 1) computes each 2x2 block of outputs from a 4x4 tile of the padded
+input with 16 multiplications per (input channel, output channel) pair instead of 36
+(Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
+
+    Y_tile = A^T [ (G g G^T) * (B^T d_tile B) ] A       (* elementwise, 4x4; then summed over c)
+
+so the products shrink 2.25x: for each of the 16 tile positions p, ONE product
+``M[p] = U[p] @ V[p]``, (C_out, C_in) @ (C_in, tiles), with U = G g G^T (the weights, once per
+call) and V = B^T d B (the input tiles). Backward, with dM = A dY A^T:
+``dU[p] = dM[p] @ V[p]^T`` (then dW = G^T dU G) and ``dV[p] = U[p]^T @ dM[p]`` (then
+dx = B dV B^T, added back onto the overlapping tiles).
+
+The price is the transforms: gathering the overlapping 4x4 tiles, B^T d B, A^T M A, the
+scatter of the 2x2 blocks, and in backward the overlap-add; in NumPy each is a pass over
+arrays 2-4x the size of the activations (written here as small Kronecker products,
+``kron(B^T, B^T) @ tiles``, the fastest of the ways tried). This script checks the method
+against the reference kernels (float64) and times it, part by part, next to the fast engine's
+convolution on ONE thread (BLAS on one thread too).
+
+    python benchmarks/probe_winograd.py                  # the table, JSON in benchmarks/results/
+    python benchmarks/probe_winograd.py --quick          # a smoke test
+
+Why it is not in the fast engine: docs/speed.md ("Tried and dropped").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+BK = np.kron(B_T, B_T)  # V(16) = BK @ tile(16), the tile read row by row
+AK = np.kron(A_T, A_T)  # y(4) = AK @ m(16)
+# the parts that are the method's products (the rest are its transforms)
+PRODUCTS = ("fwd: M[p] = U[p] @ V[p]", "bwd: dU[p] += dM[p] @ V[p]^T",
+            "bwd: dV[p] = U[p]^T @ dM[p]")
+
+
+class _Part:
+    """One timed part of a Clock (a context manager)."""
+
+    def __init__(self, parts: dict, name: str) -> None:
+        self.parts, self.name = parts, name
+
+    def __enter__(self) -> None:
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.parts[self.name] = self.parts.get(self.name, 0.0) + time.perf_counter() - self.t
+
+
+class Clock:
+    """Seconds spent in each named part, added over calls: ``with clock("name"): ...``."""
+
+    def __init__(self) -> None:
+        self.parts: dict = {}
+
+    def __call__(self, name: str) -> _Part:
+        return _Part(self.parts, name)
+
+
+def _tiles(a: np.ndarray, th: int, tw: int, size: int) -> np.ndarray:
+    """View ``[r, s, c, n, i, j] = a[n, c, 2i + r, 2j + s]`` of an (n, C, H, W) array: the
+    size x size tiles (4 for the input, 2 for the output blocks) at a step of 2."""
+    s = a.strides
+    return np.lib.stride_tricks.as_strided(
+        a, shape=(size, size, a.shape[1], a.shape[0], th, tw),
+        strides=(s[2], s[3], s[1], s[0], 2 * s[2], 2 * s[3]))
+
+
+def winograd(x, w, dy, step: int, clock: Clock) -> tuple:
+    """(y, dx, dw) of a 3x3 convolution with padding 1 (even image sizes), ``step`` images at
+    a time."""
+    N, Ci, H, W = x.shape
+    F = w.shape[0]
+    th, tw = H // 2, W // 2
+    t = step * th * tw  # tiles per slice
+    with clock("weights: U = G g G^T"):
+        U = np.ascontiguousarray(np.einsum("ku,fcuv,lv->klfc", G, w, G).reshape(16, F, Ci))
+        U_t = np.ascontiguousarray(U.transpose(0, 2, 1))
+    y, dx = np.empty((N, F, H, W), np.float32), np.empty_like(x)
+    dU = np.zeros((16, F, Ci), np.float32)
+    x_pad = np.zeros((step, Ci, H + 2, W + 2), np.float32)
+    dx_pad = np.zeros_like(x_pad)
+    D = np.empty((16, Ci, t), np.float32)
+    V = np.empty((16, Ci, t), np.float32)
+    M = np.empty((16, F, t), np.float32)
+    Y = np.empty((4, F, t), np.float32)
+    dY = np.empty((4, F, t), np.float32)
+    dV = np.empty((16, Ci, t), np.float32)
+    in_tiles, d_tiles = _tiles(x_pad, th, tw, 4), _tiles(dx_pad, th, tw, 4)
+    for n0 in range(0, N, step):
+        n1 = n0 + step
+        # forward
+        with clock("fwd: pad"):
+            x_pad[:, :, 1:H + 1, 1:W + 1] = x[n0:n1]
+        with clock("fwd: gather the 4x4 tiles"):
+            D.reshape(in_tiles.shape)[...] = in_tiles
+        with clock("fwd: V = B^T d B"):
+            np.matmul(BK, D.reshape(16, -1), out=V.reshape(16, -1))
+        with clock("fwd: M[p] = U[p] @ V[p]"):
+            np.matmul(U, V, out=M)
+        with clock("fwd: Y = A^T M A"):
+            np.matmul(AK, M.reshape(16, -1), out=Y.reshape(4, -1))
+        with clock("fwd: scatter the 2x2 blocks"):
+            out, blocks = _tiles(y[n0:n1], th, tw, 2), Y.reshape(2, 2, F, step, th, tw)
+            for a in range(2):
+                for b in range(2):
+                    out[a, b] = blocks[a, b]
+        # backward (V made again from the input, as the fast engine's sliced training does)
+        with clock("bwd: gather dy's 2x2 blocks"):
+            grads, blocks = _tiles(dy[n0:n1], th, tw, 2), dY.reshape(2, 2, F, step, th, tw)
+            for a in range(2):
+                for b in range(2):
+                    blocks[a, b] = grads[a, b]
+        with clock("bwd: dM = A dY A^T"):
+            np.matmul(AK.T, dY.reshape(4, -1), out=M.reshape(16, -1))
+        with clock("bwd: V again (pad, gather, B^T d B)"):
+            x_pad[:, :, 1:H + 1, 1:W + 1] = x[n0:n1]
+            D.reshape(in_tiles.shape)[...] = in_tiles
+            np.matmul(BK, D.reshape(16, -1), out=V.reshape(16, -1))
+        with clock("bwd: dU[p] += dM[p] @ V[p]^T"):
+            dU += M @ V.transpose(0, 2, 1)
+        with clock("bwd: dV[p] = U[p]^T @ dM[p]"):
+            np.matmul(U_t, M, out=dV)
+        with clock("bwd: dd = B dV B^T"):
+            np.matmul(BK.T, dV.reshape(16, -1), out=D.reshape(16, -1))
+        with clock("bwd: overlap-add, unpad"):
+            dx_pad[...] = 0
+            parts = D.reshape(d_tiles.shape)
+            for r in range(4):
+                for s in range(4):
+                    d_tiles[r, s] += parts[r, s]
+            dx[n0:n1] = dx_pad[:, :, 1:H + 1, 1:W + 1]
+    with clock("weights: dW = G^T dU G"):
+        dw = np.einsum("ku,klfc,lv->fcuv", G, dU.reshape(4, 4, F, Ci), G)
+    return y, dx, dw
+
+
+def fast_engine(x, w, dy) -> tuple:
+    from tinynet.fast import conv
+
+    y, cache = conv.conv2d_forward(x, w, None, 1, 1)
+    dx, dw, _ = conv.conv2d_backward(dy, cache)
+    return y, dx, dw
+
+
+def check(x, w, dy, got: tuple) -> float:
+    """The largest error of (y, dx, dw) against the reference kernels in float64, relative to
+    each array's largest value."""
+    from tinynet.functional.conv import conv2d_backward, conv2d_forward
+
+    y, cache = conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, 1, 1)
+    dx, dw, _ = conv2d_backward(dy.astype(np.float64), cache)
+    return max(float(np.abs(a - b).max() / np.abs(b).max())
+               for a, b in zip(got, (y, dx, dw), strict=True))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="batch 4, 1 repeat: a smoke test")
+    C.output_arguments(p, "probe_winograd[_quick]")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.repeats = 4, 1
+    import tinynet
+
+    tinynet.set_num_threads(1)
+    limiter = C.set_threads(1)  # noqa: F841 (BLAS on one thread, kept for the whole run)
+    # (C_in, C_out, size, images per slice): the shapes of issue 16's networks
+    cases = [(32, 64, 32, 1), (32, 64, 14, 4), (32, 32, 32, 1), (64, 64, 16, 2),
+             (64, 128, 8, 8), (128, 128, 8, 8)]
+    rng = np.random.default_rng(0)
+    rows, results = [], []
+    for ci, co, size, step in cases:
+        step = min(step, args.batch)
+        x = rng.standard_normal((args.batch, ci, size, size), dtype=np.float32)
+        w = (rng.standard_normal((co, ci, 3, 3)) * 0.1).astype(np.float32)
+        dy = rng.standard_normal((args.batch, co, size, size), dtype=np.float32)
+        error = check(x, w, dy, winograd(x, w, dy, step, Clock()))
+        fast = C.median_time(lambda x=x, w=w, dy=dy: fast_engine(x, w, dy), args.repeats,
+                             warmup=1)
+        times, clocks = [], []
+        for _ in range(args.repeats):
+            clock = Clock()
+            t0 = time.perf_counter()
+            winograd(x, w, dy, step, clock)
+            times.append(time.perf_counter() - t0)
+            clocks.append(clock.parts)
+        k = int(np.argsort(times)[len(times) // 2])  # the median run, and its parts
+        wino = times[k]
+        parts = {name: s * 1e3 for name, s in clocks[k].items()}
+        name = f"{ci}->{co}, {size}x{size}"
+        results.append(dict(layer=name, batch=args.batch, images_per_slice=step,
+                            winograd_ms=wino * 1e3, fast_engine_ms=fast * 1e3,
+                            max_relative_error=error, winograd_parts_ms=parts))
+        products = sum(v for n, v in parts.items() if n in PRODUCTS)
+        rows.append([name, fast * 1e3, wino * 1e3, wino / fast, products,
+                     sum(parts.values()) - products, error])
+    header = [f"layer (3x3, padding 1, batch {args.batch}; fwd + bwd, 1 thread)",
+              "fast engine ms", "Winograd ms", "Winograd / fast", "its 3 products ms",
+              "its transforms ms", "max rel. error"]
+    table = C.markdown_table(header, rows)
+    print(f"\nMedians of {args.repeats} runs, 1 thread\n")
+    print(table)
+    C.save_results(args, "probe_winograd", dict(machine=C.machine_info(1), settings=vars(args),
+                                                layers=results, table=table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
