@@ -196,8 +196,36 @@ def test_recycled_buffers_of_training_and_evaluation_never_live_in_the_table_tog
         assert all(key[1] != "test.buf" for key in _recycle._local.table)  # forgotten
         held = big
     fresh = _recycle.scratch(np, "test.big", (1000, 10), np.float32)
-    assert fresh is not held and all(key[1] != "test.big" or value is fresh
+    assert fresh is not held and all(key[1] != "test.big" or value == [fresh]
                                      for key, value in _recycle._local.table.items())
     held[...] = 7
     assert not fresh.any()  # the evaluation buffer still held was not handed out
     _recycle.clear()
+
+
+def test_a_role_recycles_several_buffers_of_one_shape(monkeypatch):
+    """Two layers of one shape each hold a buffer of the same role until backward: both are
+    recycled at the next step (before, the second one was made afresh every time), neither is
+    handed out twice, and the table forgets its least recently used buffers beyond its limit."""
+    from tinynet.fast import _recycle
+
+    _recycle.clear()
+    a = _recycle.scratch(np, "test.two", (8, 8), np.float32)
+    b = _recycle.scratch(np, "test.two", (8, 8), np.float32)  # a is held: a second buffer
+    assert a is not b
+    ids = {id(a), id(b)}
+    a[...], b[...] = 1, 2
+    del a, b
+    c = _recycle.scratch(np, "test.two", (8, 8), np.float32)
+    d = _recycle.scratch(np, "test.two", (8, 8), np.float32)
+    assert c is not d and {id(c), id(d)} == ids  # both recycled (what they held is kept)
+    e = _recycle.scratch(np, "test.two", (8, 8), np.float32, zero=True)
+    assert id(e) not in ids and not e.any()  # c and d are held: a third, of zeros
+    del c, d, e
+    monkeypatch.setattr(_recycle, "_MAX_BUFFERS", 2)
+    f = _recycle.scratch(np, "test.other", (3,), np.float32)
+    assert [(key[1], len(v)) for key, v in _recycle._local.table.items()] == [
+        ("test.two", 1), ("test.other", 1)]  # the two oldest "test.two" buffers forgotten
+    del f
+    _recycle.clear()
+
