@@ -15,9 +15,9 @@ are the plain ones).
 Each fused group computes exactly the same outputs and gradients as its modules run one by one
 (tested bit for bit), with one exception: a Conv2d+BatchNorm2d group (:class:`ConvBN`) in
 evaluation under ``no_grad`` folds the BatchNorm into the convolution's weights and bias, equal to
-the plain model to rounding only (in training it runs its modules in turn, bit for bit). Inside
-``tinynet.use_reference()``, or off the CPU, a fused group runs the same steps' kernels in turn
-(keeping their caches itself: its modules' own state is untouched).
+the plain model to rounding only (in training it runs its modules in turn, its max pooling before
+its ReLU, bit for bit). Inside ``tinynet.use_reference()``, or off the CPU, a fused group runs the
+same steps' kernels in turn (keeping their caches itself: its modules' own state is untouched).
 """
 
 from __future__ import annotations
