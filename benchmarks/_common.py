@@ -37,6 +37,19 @@ def set_threads(n: int) -> Any:
     return threadpool_limits(limits=n)
 
 
+def torch_with_threads(n: int) -> bool:
+    """PyTorch on ``n`` threads, seeded, if it is installed (else say so on stderr): whether it
+    is there, for the scripts whose PyTorch columns are optional."""
+    if not torch_available():
+        print("PyTorch is not installed: timing tinynet alone", file=sys.stderr)
+        return False
+    import torch
+
+    torch.set_num_threads(n)
+    torch.manual_seed(0)
+    return True
+
+
 def load_fashion_mnist(train: bool, sample: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, 1, 28, 28) and int64 labels (N,) of the real data (or tinynet's sample)."""
     from tinynet.data import FashionMNIST

@@ -110,14 +110,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats, args.batch = 3, 8
     limiter = C.set_threads(args.threads)  # noqa: F841
-    have_torch = C.torch_available()
-    if have_torch:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        torch.manual_seed(0)
-    else:
-        print("PyTorch is not installed: timing tinynet alone", file=sys.stderr)
+    have_torch = C.torch_with_threads(args.threads)
 
     rng = np.random.default_rng(0)
     rows, results = [], []

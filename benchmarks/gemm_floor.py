@@ -98,14 +98,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats = 3
     limiter = C.set_threads(args.threads)  # noqa: F841
-    have_torch = C.torch_available()
-    if have_torch:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        torch.manual_seed(0)
-    else:
-        print("PyTorch is not installed: no torch columns", file=sys.stderr)
+    have_torch = C.torch_with_threads(args.threads)
     rng = np.random.default_rng(0)
     rows, results = [], []
     for name, batch, c_in, c_out, size in cases(args.quick):
