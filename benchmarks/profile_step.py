@@ -10,7 +10,12 @@ writes JSON under ``benchmarks/results/``.
     python benchmarks/profile_step.py                           # the course network, batch 64
     python benchmarks/profile_step.py --net bn --batch-size 128 # the BatchNorm example network
     python benchmarks/profile_step.py --net vgg --batch-size 128  # bench_nets.py's VGG-style stack
+    python benchmarks/profile_step.py --net bn --fused          # the same, as fit() trains it
     python benchmarks/profile_step.py --quick                   # a smoke test
+
+``--fused`` times the steps of ``tinynet.fuse(model)`` instead, as ``fit`` trains it: each fused
+group (Conv2d+ReLU(+MaxPool2d), Linear+ReLU) is one row, and a Conv2d+BatchNorm2d group's modules
+are timed one by one in the order the group runs them in training (its pooling before its ReLU).
 
 This is the profile behind the kernels' speed notes: the timers sit between modules, so the
 numbers add up to the step (the remainder is the loop itself).
@@ -45,7 +50,20 @@ def build(net: str):
     return bn_cnn(), dict(momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def profile(net: str, batch_size: int, steps: int, warmup: int, seed: int) -> dict:
+def fused_steps(model) -> list:
+    """The modules that ``tinynet.fuse(model)`` runs in training, in order: each fused group as
+    one, a ConvBN group's modules one by one (as it runs them)."""
+    import tinynet
+    from tinynet.fast.fuse import ConvBN
+
+    steps = []
+    for m in tinynet.fuse(model):
+        steps.extend(m._in_turn() if isinstance(m, ConvBN) else [m])
+    return steps
+
+
+def profile(net: str, batch_size: int, steps: int, warmup: int, seed: int,
+            fused: bool = False) -> dict:
     import tinynet
     from tinynet import nn
 
@@ -58,7 +76,7 @@ def profile(net: str, batch_size: int, steps: int, warmup: int, seed: int) -> di
     shape = (3, 32, 32) if net == "vgg" else (1, 28, 28)
     x = rng.standard_normal((batch_size,) + shape).astype(np.float32)
     y = rng.integers(0, 10, batch_size)
-    modules = list(model)
+    modules = fused_steps(model) if fused else list(model)
     fwd = np.zeros(len(modules))
     bwd = np.zeros(len(modules))
     loss_s = update_s = 0.0
@@ -111,13 +129,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2,
                    help="threads (tinynet.set_num_threads; BLAS is limited to as many)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fused", action="store_true",
+                   help="time the steps of tinynet.fuse(model), as fit() trains it")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 steps")
-    C.output_arguments(p, "profile_step_<net>")
+    C.output_arguments(p, "profile_step_<net>[_fused]")
     args = p.parse_args(argv)
     batch = args.batch_size or (64 if args.net == "course" else 128)
     steps = 3 if args.quick else (args.steps or (300 if args.net == "course" else 40))
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
-    result = profile(args.net, batch, steps, warmup=2 if args.quick else 10, seed=args.seed)
+    result = profile(args.net, batch, steps, warmup=2 if args.quick else 10, seed=args.seed,
+                     fused=args.fused)
     step = result["step_ms"]
     rows = [[r["index"], r["module"], r["fwd_ms"], r["bwd_ms"],
              f"{100 * (r['fwd_ms'] + r['bwd_ms']) / step:.1f}%"] for r in result["modules"]]
@@ -130,13 +151,14 @@ def main(argv=None) -> int:
           f"{step:.2f} ms per step ({steps} steps), "
           f"{step * 60000 / batch / 1e3:.1f} s per 60,000 images\n")
     print(table)
-    print(f"\nThe table calls the modules one by one. Through tinynet.fuse(model), as fit() "
+    what = "the fused model's steps" if args.fused else "the modules"
+    print(f"\nThe table calls {what} one by one. Through tinynet.fuse(model) whole, as fit() "
           f"trains (Conv2d+ReLU(+MaxPool2d) and Linear+ReLU as one call each): "
           f"{result['fused_step_ms']:.2f} ms per step.")
     data = dict(machine=C.machine_info(args.threads), settings=dict(
-        net=args.net, batch_size=batch, steps=steps, threads=args.threads, seed=args.seed),
-        table=table, **result)
-    C.save_results(args, f"profile_step_{args.net}", data)
+        net=args.net, batch_size=batch, steps=steps, threads=args.threads, seed=args.seed,
+        fused=args.fused), table=table, **result)
+    C.save_results(args, f"profile_step_{args.net}" + ("_fused" if args.fused else ""), data)
     return 0
 
 

@@ -59,10 +59,10 @@ def test_bench_train_quick(tmp_path):
     assert 0.0 <= run["accuracy"] <= 1.0
 
 
-@pytest.mark.parametrize("net", ["course", "bn"])
-def test_profile_step_quick(tmp_path, net):
+@pytest.mark.parametrize("net, fused", [("course", False), ("bn", False), ("bn", True)])
+def test_profile_step_quick(tmp_path, net, fused):
     cmd = [sys.executable, str(BENCH / "profile_step.py"), "--quick", "--net", net,
-           "--batch-size", "8", "--out-dir", str(tmp_path)]
+           "--batch-size", "8", "--out-dir", str(tmp_path)] + (["--fused"] if fused else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
     assert "| module" in out and "SGD step" in out
     (path,) = tmp_path.glob("*.json")
@@ -73,6 +73,11 @@ def test_profile_step_quick(tmp_path, net):
     # the timed parts are the step, less the loop's own few statements
     assert parts + data["loss_ms"] + data["update_ms"] <= data["step_ms"] * 1.01
     assert parts > 0.5 * data["step_ms"]
+    names = [m["module"].split("(")[0] for m in data["modules"]]
+    if fused:  # the BN network's ConvBN groups, their modules one by one, pooling before ReLU
+        assert names[:4] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    else:
+        assert "ConvBN" not in names and (net != "bn" or names[2] == "ReLU")
 
 
 def test_ab_conv_quick(tmp_path):
