@@ -9,11 +9,11 @@ matrix products per training step, for each image's columns ``cols`` (C_in*kh*kw
 Everything else (the columns' copies, col2im's adds, the bias, the reorderings) is extra. This
 script times the three products ALONE, on random matrices of exactly those shapes, split over
 the threads the way the fast engine splits a batch (``threads.for_batch``: a block of images per
-thread, BLAS on one thread, the products a slice of about 2^19 column numbers at a time), and
-puts them next to tinynet's whole layer and PyTorch's (oneDNN), forward + backward with dx, in
-one run. ``floor / torch`` above 1 means that no rearrangement of the copies can bring that
-layer to PyTorch's time: only less arithmetic (Winograd; see docs/speed.md) or a faster matrix
-product could.
+thread, BLAS on one thread, the products a slice of ``conv._EVAL_COLS_ELEMENTS`` column numbers
+at a time), and puts them next to tinynet's whole layer and PyTorch's (oneDNN), forward +
+backward with dx, in one run. ``floor / torch`` above 1 means that no rearrangement of the
+copies can bring that layer to PyTorch's time: only less arithmetic (Winograd; see
+docs/speed.md) or a faster matrix product could.
 
     python benchmarks/gemm_floor.py              # the table, JSON in benchmarks/results/
     python benchmarks/gemm_floor.py --quick      # a few repeats at batch 4: a smoke test
@@ -30,8 +30,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from bench_layers import time_tinynet, time_torch  # noqa: E402
-
-SLICE_NUMBERS = 1 << 19  # column numbers per product (the fast engine's _EVAL_COLS_ELEMENTS)
 
 
 def cases(quick: bool) -> list[tuple[str, int, int, int, int]]:
@@ -51,10 +49,11 @@ def cases(quick: bool) -> list[tuple[str, int, int, int, int]]:
 def time_products(batch: int, c_in: int, c_out: int, size: int, repeats: int) -> tuple:
     """(forward, backward) seconds of the layer's products alone, split as the fast engine
     splits a batch."""
+    from tinynet.fast.conv import _EVAL_COLS_ELEMENTS  # the fast engine's column numbers per slice
     from tinynet.fast.threads import for_batch
 
     k, pixels = c_in * 9, size * size
-    per_slice = max(1, SLICE_NUMBERS // (k * pixels))  # images per product
+    per_slice = max(1, _EVAL_COLS_ELEMENTS // (k * pixels))  # images per product
     rng = np.random.default_rng(0)
     w = rng.standard_normal((c_out, k), dtype=np.float32)
     # one set of matrices per block (a thread's), as a thread's slice buffers would be
