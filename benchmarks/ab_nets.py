@@ -14,6 +14,11 @@ round in the same process, medians reported), for the tricks of issue 16:
   Conv+BN+ReLU+MaxPool group max-pooling before its ReLU vs the modules in the plain order;
 * ``big-conv``: bench_layers.py's larger convolution alone (32->64, 3x3, padding 1, 32x32,
   batch 64, forward + backward with dx), by slices vs whole-batch columns;
+* ``same-rows`` / ``same-rows-vgg`` / ``same-rows-big``: the BN network's step, the VGG-style
+  network's step, the larger convolution alone: "same" convolutions (3x3, padding 1) in the
+  same-rows layout (no padding columns, no junk) vs flat rows (and the plain layout at 15%+ junk);
+* ``spaced-rows-big``: the larger convolution alone, product buffers whose rows are a multiple
+  of 2 KB long spaced 64 bytes wider (``conv._matrix``) vs not;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
   into one convolution) vs the plain model.
 
@@ -39,8 +44,9 @@ from ab_conv import _alternate  # noqa: E402
 from bench_nets import tinynet_model  # noqa: E402
 
 CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg", "big-conv",
-         "fold-eval"]
-VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg")  # (the others: the BN network)
+         "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big", "spaced-rows-big"]
+VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg", "same-rows-vgg")  # (the others:
+# the BN network)
 
 
 def _switch(what: str) -> tuple:
@@ -52,6 +58,12 @@ def _switch(what: str) -> tuple:
     if what.startswith("pool-first"):
         return ("pool, then ReLU", "ReLU, then pool",
                 lambda a: setattr(fuse, "_POOL_FIRST", a))
+    if what == "spaced-rows-big":
+        return ("rows spaced off 2 KB", "rows as long as the matrix",
+                lambda a: setattr(conv, "_SPACED_ROWS", a))
+    if what.startswith("same-rows"):
+        return ("same rows", "flat rows (plain at 15%+ junk)",
+                lambda a: setattr(conv, "_SAME_ROWS", a))
     if what == "plain":
         default = conv._PLAIN_JUNK
         return ("plain layout at 15%+ junk", "flat rows always",
@@ -77,7 +89,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     loss_fn = nn.CrossEntropyLoss()
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     way_a, way_b, set_way = _switch(what)
-    defaults = conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, fuse._POOL_FIRST
+    defaults = conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS, fuse._POOL_FIRST
 
     def run_once(a: bool) -> float:
         set_way(a)
@@ -94,20 +106,22 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     try:
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
-        conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, fuse._POOL_FIRST = defaults
+        conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS, fuse._POOL_FIRST = \
+            defaults
 
 
-def ab_big_conv(calls: int, rounds: int, seed: int) -> dict:
+def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> dict:
     from tinynet.fast import conv
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
     w = (rng.standard_normal((64, 32, 3, 3)) * 0.1).astype(np.float32)
     dy = rng.standard_normal((64, 64, 32, 32)).astype(np.float32)
-    default = conv._SLICED
+    way_a, way_b, set_way = _switch("sliced" if what == "big-conv" else what)
+    defaults = conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS
 
     def run(a: bool) -> float:
-        conv._SLICED = a
+        set_way(a)
         t0 = time.perf_counter()
         for _ in range(calls):
             cache = conv.conv2d_forward(x, w, None, 1, 1)[1]
@@ -115,9 +129,9 @@ def ab_big_conv(calls: int, rounds: int, seed: int) -> dict:
         return (time.perf_counter() - t0) / calls
 
     try:
-        return _alternate({"by slices": True, "whole-batch columns": False}, rounds, run)
+        return _alternate({way_a: True, way_b: False}, rounds, run)
     finally:
-        conv._SLICED = default
+        conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS = defaults
 
 
 def ab_fold_eval(calls: int, rounds: int, seed: int) -> dict:
@@ -153,9 +167,9 @@ def main(argv=None) -> int:
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
     results, rows = [], []
     for what in args.what:
-        if what == "big-conv":
-            label = "big-conv: 32->64 3x3 p1, 32x32, batch 64, forward + backward"
-            r = ab_big_conv(1 if args.quick else 5, rounds, args.seed)
+        if what in ("big-conv", "same-rows-big", "spaced-rows-big"):
+            label = f"{what}: 32->64 3x3 p1, 32x32, batch 64, forward + backward"
+            r = ab_big_conv(1 if args.quick else 5, rounds, args.seed, what)
         elif what == "fold-eval":
             label = "fold-eval: 1000 images, BN network"
             r = ab_fold_eval(1 if args.quick else 3, rounds, args.seed)

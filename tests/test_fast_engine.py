@@ -241,6 +241,55 @@ def test_recycled_padded_input_of_another_padding_keeps_zero_borders():
         np.testing.assert_allclose(y_a, naive_conv2d(x_a, w, None, (1, 1), (1, 1)), atol=1e-10)
 
 
+def test_recycled_same_rows_buffer_of_another_shape_keeps_zero_padding_rows():
+    """Same rows: two batches whose flat padded inputs have one length (2 channels of 4 rows of 8
+    padded to 6 rows, 1 channel of 10 rows padded to 12), their padding rows in other places."""
+    rng = np.random.default_rng(6)
+    w_a, w_b = rng.standard_normal((2, 2, 3, 3)), rng.standard_normal((2, 1, 3, 3))
+    x_a, x_b = rng.standard_normal((1, 2, 4, 8)), rng.standard_normal((1, 1, 10, 8))
+    with tinynet.no_grad():  # (im2col at any width)
+        for _ in range(2):
+            y_b, _ = F.conv2d_forward(x_b, w_b, None, 1, 1)
+            np.testing.assert_allclose(y_b, naive_conv2d(x_b, w_b, None, (1, 1), (1, 1)),
+                                       atol=1e-10)
+            y_a, _ = F.conv2d_forward(x_a, w_a, None, 1, 1)
+            np.testing.assert_allclose(y_a, naive_conv2d(x_a, w_a, None, (1, 1), (1, 1)),
+                                       atol=1e-10)
+
+
+def test_same_convolutions_take_the_same_rows_layout():
+    """Stride 1 with an output of the input's size: same rows (no junk columns); else not."""
+    x = np.zeros((2, 3, 6, 7))
+    same = conv.columns_for(x, (3, 5), (1, 1), (1, 2), (6, 7))
+    assert same.same and same.per_image == 6 * 7 and same.cols.shape == (3 * 15, 2 * 6 * 7)
+    flat = conv.columns_for(x, (3, 3), (1, 1), (0, 0), (4, 5))
+    assert not flat.same and flat.per_image == 4 * 7
+    assert not conv.columns_for(x, (3, 3), (2, 2), (1, 1), (3, 4)).same
+
+
+def test_product_buffers_whose_rows_are_a_multiple_of_2kb_are_spaced_wider():
+    """conv._matrix: rows of 256 float64 (2 KB) or 1024 float32 (4 KB) get a wider pitch; a
+    convolution whose columns have such rows (batch 4 of 8x8 by same rows: 256 columns) still
+    equals the naive loops, trained by slices and with whole-batch columns."""
+    assert conv._matrix(np, "test.m", 3, 256, np.float64).strides == (264 * 8, 8)
+    assert conv._matrix(np, "test.m", 3, 1024, np.float32).strides == (1040 * 4, 4)
+    assert conv._matrix(np, "test.m", 3, 255, np.float64).strides == (255 * 8, 8)
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((4, 8, 8, 8)), rng.standard_normal((5, 8, 3, 3))
+    b, dy = rng.standard_normal(5), rng.standard_normal((4, 5, 8, 8))
+    want = naive_conv2d(x, w, b, (1, 1), (1, 1))
+    nd = naive_conv2d_backward(dy, x, w, (1, 1), (1, 1))
+    for sliced_ in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(conv, "_SLICED", sliced_)
+            mp.setattr(conv, "_SLICED_MIN_ROWS", 0)
+            mp.setattr(conv, "_EVAL_COLS_ELEMENTS", 1 << 30)
+            y, cache = F.conv2d_forward(x, w, b, 1, 1)
+            np.testing.assert_allclose(y, want, atol=1e-10)
+            for got, ref in zip(F.conv2d_backward(dy, cache), nd, strict=True):
+                np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
 def test_sequential_backward_without_input_grad():
     """Sequential.backward(g, input_grad=False): same weight gradients, the first skips dX."""
     from tinynet import nn

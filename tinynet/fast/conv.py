@@ -10,6 +10,14 @@ The math and the shapes are in the reference kernel's docstring; here is only wh
   with j >= W_out are junk (windows that wrap around a row end); their outputs are dropped, their
   gradients are zero. (The padded input has one spare zero row, so the last slice stays inside.)
   Any other stride: the plain layout, L = H_out*W_out.
+* **Same rows** (stride 1 and a "same" padding, 2*p = k - 1, so the output is the input's size:
+  every 3x3 convolution with padding 1): flat rows WITHOUT the padding columns. The rows are W
+  wide, only the padding rows are stored, so L = H*W and there are no junk columns (flat rows
+  compute W_pad columns per row for W: 12.5% more arithmetic on 14x14, 20% on 8x8). A window
+  that hangs over the left or right edge then reads the last pixels of the row above (or the
+  first of the row below) instead of the padding's zeros: those column entries, known by their
+  position (j < p - v or j >= W - (v - p)), are set to 0 after the copy, and in backward their
+  gradients are dropped before col2im's adds. The copies run over whole images (H*W numbers).
 * **col2im by kh*kw slice adds**: for one offset (u, v) the pixels touched form one shifted
   contiguous slice (flat rows) or one strided slice (plain): no scatter (np.add.at is slow).
 * **By rows** for narrow images in training (``conv_rows.py``): copies whole input rows and
@@ -60,6 +68,8 @@ _ROWS_MAX_WIDTH = 3
 _SLICED_MIN_ROWS = 64
 _SLICED = True  # (a switch for benchmarks/ab_nets.py)
 _DX_BY_CONV = True  # (a switch for benchmarks/ab_nets.py: see _sliced_backward)
+_SAME_ROWS = True  # (a switch for benchmarks/ab_nets.py: see columns_for)
+_SPACED_ROWS = True  # (a switch for benchmarks/ab_nets.py: see _matrix)
 
 
 # Training by slices takes the plain layout (no junk columns, strided copies) when more than this
@@ -67,6 +77,18 @@ _DX_BY_CONV = True  # (a switch for benchmarks/ab_nets.py: see _sliced_backward)
 # at batch 128, plain / flat: 0.92 for 128->128 on 8x8 (20% junk), 0.95 for 64->128 on 8x8, but
 # 1.05 on 16x16 (11%), 1.07 on 14x14 (12.5%), 1.27 on 32x32 (6%)
 _PLAIN_JUNK = 0.15
+
+
+def _matrix(xp: Any, role: str, rows: int, cols: int, dtype: Any) -> Any:
+    """A (rows, cols) buffer for an operand of a matrix product (``_recycle.scratch``), its rows
+    spaced a little wider than ``cols`` when their length is a multiple of 2 KB: rows 2 KB apart
+    meet in the same sets of the cache, and OpenBLAS's products then run 10-25% slower (1 thread,
+    (64, 288) @ (288, 1024): 79 GFLOP/s, 92 with the rows 1040 numbers apart; W^T @ dY: 71 vs
+    96). Only the first ``cols`` numbers of each row are handed out (a view)."""
+    itemsize = xp.dtype(dtype).itemsize
+    spaced = _SPACED_ROWS and cols and (cols * itemsize) % 2048 == 0
+    pitch = cols + 64 // itemsize if spaced else cols
+    return scratch(xp, role, (rows, pitch), dtype)[:, :cols]
 
 
 def _flat_pays(out_width: int, padded_width: int) -> bool:
@@ -88,7 +110,8 @@ class ConvCache(NamedTuple):
     stride: tuple  # (s_h, s_w)
     padding: tuple  # (p_h, p_w)
     has_bias: bool
-    row_pitch: int  # W_pad for the flat-rows layout (stride 1), 0 for the plain layout
+    row_pitch: int  # W_pad for the flat-rows layout (stride 1), W for same rows, 0 for plain
+    same: bool  # the same-rows layout (see columns_for)
     relu_mask: Any = None  # [y > 0] (N, C_out, H_out, W_out) when a ReLU ran as the last step
 
 
@@ -124,6 +147,7 @@ class _Columns(NamedTuple):
     x_pad: Any  # the padded input the windows are read from
     windows: Any  # strided view (C, kh, kw, N, ...) of x_pad, shaped like cols row by row
     padding: tuple
+    same: bool = False  # same rows: no padding columns, the wrapped entries zeroed (see below)
 
 
 def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple,
@@ -132,8 +156,10 @@ def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tu
 
     ``cols[(c, u, v), n*L + q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
     column q of image n: ``q = i*W_pad + j``, ``L = H_out*W_pad`` for stride 1 (flat rows, with
-    junk columns j >= W_out), ``q = i*W_out + j``, ``L = H_out*W_out`` otherwise. ``tag`` names
-    buffers of another role (a second set of columns alive at the same time).
+    junk columns j >= W_out), ``q = i*W_out + j``, ``L = H_out*W_out`` otherwise. With stride 1
+    and an output of the input's size, same rows (whatever ``flat`` says): ``q = i*W + j``,
+    ``L = H*W``, no junk columns. ``tag`` names buffers of another role (a second set of columns
+    alive at the same time).
     """
     backend = backend_of(x)
     xp = backend.xp
@@ -142,6 +168,28 @@ def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tu
     hp, wp = H + 2 * ph, W + 2 * pw
     # (the role names the padding: every user of one buffer writes the same inside, so the
     # borders and the spare row of a recycled buffer are still 0)
+    if (sh, sw) == (1, 1) and (ho, wo) == (H, W) and _SAME_ROWS:
+        # same rows: each channel is H_pad rows of W (the padding rows only), and the whole
+        # batch one flat buffer with p_w spare zeros at each end. Weight (u, v) meets output
+        # pixel q = i*W + j at flat pixel u*W + (v - p_w) + q of its channel: one contiguous
+        # slice of L = H*W per (image, channel), which starts p_w - v numbers early or ends
+        # v - p_w numbers late; the entries it reads across a row end are zeroed by
+        # fill_columns (the first/last p_w - v ... entries of each row: see _zero_wrapped)
+        per_channel = hp * W
+        # (the role names the geometry too: two batches of other shapes may need flat buffers of
+        # one length, with their padding rows in other places)
+        flat_buf = scratch(xp, f"conv.x_same{tag}.{ph}.{pw}.{C}x{hp}x{W}",
+                           (N * C * per_channel + 2 * pw,), x.dtype)
+        x_pad = flat_buf[pw : pw + N * C * per_channel].reshape(N, C, hp, W)
+        L, pitch = H * W, W
+        item = flat_buf.itemsize
+        # windows[c, u, v, n, q] = flat_buf[n*C*P + c*P + u*W + v + q] (P = H_pad*W), that is
+        # x_pad_flat[n, c, u*W + v - p_w + q]
+        windows = backend.as_strided(
+            flat_buf, shape=(C, kh, kw, N, L),
+            strides=(per_channel * item, W * item, item, C * per_channel * item, item))
+        cols = _matrix(xp, f"conv.cols{tag}", C * kh * kw, N * L, x.dtype)
+        return _Columns(cols, L, pitch, x_pad, windows, padding, same=True)
     if (sh, sw) == (1, 1) and flat:
         # flat rows: the padded input with one spare zero row, so that the slice of the last
         # offset, [(kh-1)*W_pad + kw-1, ... + H_out*W_pad), stays inside its own channel
@@ -159,7 +207,7 @@ def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tu
         windows = backend.as_strided(
             x_pad, shape=(C, kh, kw, N, ho, wo), strides=(s1, s2, s3, s0, s2 * sh, s3 * sw)
         )
-    cols = scratch(xp, f"conv.cols{tag}", (C * kh * kw, N * L), x.dtype)
+    cols = _matrix(xp, f"conv.cols{tag}", C * kh * kw, N * L, x.dtype)
     return _Columns(cols, L, pitch, x_pad, windows, padding)
 
 
@@ -167,9 +215,31 @@ def fill_columns(columns: _Columns, x: Any, lo: int, hi: int) -> None:
     """im2col for images lo..hi-1: pad them, then copy their windows into their columns."""
     ph, pw = columns.padding
     H, W = x.shape[2:]
-    columns.x_pad[lo:hi, :, ph : ph + H, pw : pw + W] = x[lo:hi]
+    if columns.same:  # (whole rows: one contiguous run per image and channel)
+        columns.x_pad[lo:hi, :, ph : ph + H] = x[lo:hi]
+    else:
+        columns.x_pad[lo:hi, :, ph : ph + H, pw : pw + W] = x[lo:hi]
     # the one copy of im2col
     columns.cols.reshape(columns.windows.shape)[:, :, :, lo:hi] = columns.windows[:, :, :, lo:hi]
+    if columns.same:  # the entries read across a row end are the padding's zeros
+        _zero_wrapped(columns.cols, columns.windows.shape, W, pw, lo, hi)
+
+
+def _zero_wrapped(cols: Any, shape: tuple, width: int, pw: int, lo: int, hi: int) -> None:
+    """Same rows: set to 0 the entries of images lo..hi-1 whose window hangs over the left or
+    right edge at that weight position (columns' layout, ``shape`` = (C, kh, kw, N, H*W)).
+
+    Weight column v reads pixel column j + v - p_w: left of the image for j < p_w - v, right of
+    it for j >= W - (v - p_w). In forward these entries hold the row above's or below's pixels
+    instead of zeros; in backward (dcols) their gradients belong to no pixel.
+    """
+    C, kh, kw, N, L = shape
+    by_pixel = cols.reshape(C, kh, kw, N, L // width, width)
+    for v in range(kw):
+        if v < pw:
+            by_pixel[:, :, v, lo:hi, :, : pw - v] = 0
+        elif v > pw:
+            by_pixel[:, :, v, lo:hi, :, max(0, width - (v - pw)) :] = 0
 
 
 def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
@@ -194,7 +264,7 @@ def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, paddin
     n, f = x.shape[0], w2d.shape[0]
     columns = columns_for(x, kernel, stride, padding, out_hw, tag, flat)
     cols, L = columns.cols, columns.per_image
-    y2d = scratch(xp, f"conv.y{tag}", (f, cols.shape[1]), cols.dtype)
+    y2d = _matrix(xp, f"conv.y{tag}", f, cols.shape[1], cols.dtype)
     y = _pixels(y2d, n, out_hw, columns.row_pitch)
     bias_column = None if bias is None else bias.reshape(f, 1)
 
@@ -290,7 +360,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
 
         for_batch(xp, N, block, per_item=columns.cols.shape[0] * columns.per_image)
         cache = ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
-                          columns.row_pitch, mask)
+                          columns.row_pitch, columns.same, mask)
     if pool is None:
         return out, cache
     return pooled, PooledCache(cache, pool_cache)
@@ -313,19 +383,19 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
     if isinstance(cache, SlicedCache):
         return _sliced_backward(dy, cache, input_grad, pool_block)
     xp = backend_of(dy).xp
-    cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch, mask = cache
+    cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch, same, mask = cache
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
     L = cols.shape[1] // N if N else 0  # columns per image
 
     # dY laid out like the columns: (C_out, N*L); for flat rows, rows of length W_pad with zeros
     # in the junk columns (a recycled buffer of this role only ever had its valid columns written)
-    dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, N, ho, pitch or wo), dy.dtype)
-    dY = dy_rows.reshape(F, cols.shape[1])
+    dY = _matrix(xp, f"conv.dy_rows.{wo}", F, cols.shape[1], dy.dtype)
+    dy_rows = dY.reshape(F, N, ho, pitch or wo)
     if input_grad:
         w2d_t = weight.reshape(F, C * kh * kw).T
-        dcols = scratch(xp, "conv.dcols", cols.shape, cols.dtype)
-        dx_pad = col2im_buffer(xp, (N, C, H, W), (ph, pw), pitch, cols.dtype)
+        dcols = _matrix(xp, "conv.dcols", *cols.shape, cols.dtype)
+        dx_pad = col2im_buffer(xp, (N, C, H, W), (ph, pw), pitch, cols.dtype, same)
 
     K = cols.shape[0]  # C_in*kh*kw: one row of columns per weight position
 
@@ -351,7 +421,7 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
             # dL/dcols = W^T @ dY: each window's share of the input gradient
             xp.matmul(w2d_t, dY[:, c], out=dcols[:, c])
             col2im_block(dcols, dx_pad, (N, C, H, W), (kh, kw), (sh, sw), (ho, wo), pitch,
-                         lo, hi)
+                         lo, hi, same)
         return dw, db
 
     # one block per thread; the blocks' shares of dW and db are added in block order
@@ -359,7 +429,7 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
     dw = dw.reshape(weight.shape)
     if not input_grad:
         return None, dw, db
-    return dx_pad[:, :, ph : ph + H, pw : pw + W], dw, db
+    return _inside(dx_pad, (ph, pw), (H, W), same), dw, db
 
 
 def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: Any) -> tuple:
@@ -403,7 +473,7 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                 pitch = columns.row_pitch
                 # dY laid out like the columns (zeros in the junk columns: only the valid ones
                 # of a buffer of this role are ever written)
-                dy_rows = scratch(xp, f"conv.dy_rows.{wo}", (F, n, ho, pitch or wo), dy.dtype)
+                dY = _matrix(xp, f"conv.dy_rows.{wo}", F, columns.cols.shape[1], dy.dtype)
                 if not input_grad:
                     extra = None
                 elif w_flipped is not None:  # dx by a convolution of dy (buffers of its own)
@@ -413,17 +483,17 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                                            (kh - 1 - ph, kw - 1 - pw), (H, W), tag=".t",
                                            flat=_flat_pays(W, wo + 2 * (kw - 1 - pw)))[0])
                 else:  # dcols, and the padded dx that col2im adds into
-                    extra = (scratch(xp, "conv.dcols", columns.cols.shape, dy.dtype),
-                             col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, dy.dtype))
-                buffers[n] = columns, dy_rows, extra
-            columns, dy_rows, extra = buffers[n]
+                    extra = (_matrix(xp, "conv.dcols", *columns.cols.shape, dy.dtype),
+                             col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, dy.dtype,
+                                           columns.same))
+                buffers[n] = columns, dY, dY.reshape(F, n, ho, pitch or wo), extra
+            columns, dY, dy_rows, extra = buffers[n]
             fill_columns(columns, x[n0:n1], 0, n)
             cols, pitch = columns.cols, columns.row_pitch
             # (after a ReLU that ran as the forward's last step, its backward first: dy * mask)
             relu_backward_into(dy[n0:n1].transpose(1, 0, 2, 3),
                                None if mask is None else mask[n0:n1].transpose(1, 0, 2, 3),
                                dy_rows[:, :, :, :wo])
-            dY = dy_rows.reshape(F, cols.shape[1])
             # this slice's share of dL/dW, as (C_in*kh*kw, C_out): cols @ dY^T ran 1.2x faster
             # than dY @ cols^T (0.72 vs 0.88 ms for 8 images of the BN network's conv2)
             part = cols @ dY.T
@@ -444,8 +514,8 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                 dcols, dx_pad = extra
                 xp.matmul(w2d_t, dY, out=dcols)
                 col2im_block(dcols, dx_pad, (n, C, H, W), (kh, kw), stride, (ho, wo), pitch,
-                             0, n)
-                dx[n0:n1] = dx_pad[:, :, ph : ph + H, pw : pw + W]
+                             0, n, columns.same)
+                dx[n0:n1] = _inside(dx_pad, (ph, pw), (H, W), columns.same)
         return dw, db
 
     dw, db = add_blocks(for_batch(xp, N, block, per_item=per_image))
@@ -460,28 +530,56 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
 _FEW_ROWS = 64
 
 
-def col2im_buffer(xp: Any, x_shape: tuple, padding: tuple, row_pitch: int, dtype: Any) -> Any:
+def col2im_buffer(xp: Any, x_shape: tuple, padding: tuple, row_pitch: int, dtype: Any,
+                  same: bool = False) -> Any:
     """The padded input gradient that :func:`col2im_block` adds into (with the spare row for
-    flat rows); each block zeroes its own images first."""
+    flat rows; the padding rows only for same rows); each block zeroes its own images first."""
     N, C, H, W = x_shape
     ph, pw = padding
     hp, wp = H + 2 * ph, W + 2 * pw
+    if same:
+        return scratch(xp, "conv.dx_same", (N, C, hp, W), dtype)
     return scratch(xp, "conv.dx", (N, C, hp + (1 if row_pitch else 0), wp), dtype)
 
 
+def _inside(dx_pad: Any, padding: tuple, hw: tuple, same: bool) -> Any:
+    """The input's pixels of a buffer from :func:`col2im_buffer`: (N, C, H, W), a view."""
+    (ph, pw), (H, W) = padding, hw
+    if same:
+        return dx_pad[:, :, ph : ph + H]
+    return dx_pad[:, :, ph : ph + H, pw : pw + W]
+
+
 def col2im_block(dcols: Any, dx_pad: Any, x_shape: tuple, kernel: tuple, stride: tuple,
-                 out_hw: tuple, row_pitch: int, lo: int, hi: int) -> None:
+                 out_hw: tuple, row_pitch: int, lo: int, hi: int, same: bool = False) -> None:
     """The adjoint of im2col for images lo..hi-1: add each column entry back onto the input pixel
     it came from.
 
     ``dcols`` has the columns' layout (C*kh*kw, N*L); ``dx_pad`` (from :func:`col2im_buffer`) is
-    the padded input gradient (N, C, H_pad (+1), W_pad); only its images lo..hi-1 are written.
+    the padded input gradient (N, C, H_pad (+1), W_pad), or (N, C, H_pad, W) for same rows; only
+    its images lo..hi-1 are written (and, for same rows, dcols's wrapped entries zeroed).
     """
     N, C = x_shape[:2]
     (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
     wp = dx_pad.shape[3]
     dx_pad[lo:hi] = 0
     if hi <= lo:  # no images (an empty batch)
+        return
+    if same:
+        # same rows: offset (u, v) touches the slice [u*W + v - p_w, ... + L) of every (image,
+        # channel), cut to the channel (what is cut off is wrapped entries); the wrapped entries
+        # inside it would land on the row above's or below's pixels, so they are zeroed first
+        pw = (kw - 1) // 2
+        L, per_channel = ho * wp, dx_pad.shape[2] * wp
+        _zero_wrapped(dcols, (C, kh, kw, N, L), wp, pw, lo, hi)
+        dcols = dcols.reshape(C, kh, kw, N, L)[:, :, :, lo:hi]
+        dx_rows = dx_pad[lo:hi].reshape(hi - lo, C, per_channel).transpose(1, 0, 2)
+        for u in range(kh):
+            for v in range(kw):
+                start = u * wp + v - pw
+                a, b = max(0, -start), min(L, per_channel - start)  # the part inside the channel
+                if a < b:  # (a narrow image: a slice may lie wholly outside)
+                    dx_rows[:, :, start + a : start + b] += dcols[:, u, v, :, a:b]
         return
     if row_pitch:
         # flat rows: offset (u, v) touches the contiguous slice [u*W_pad + v, ... + L) of every
