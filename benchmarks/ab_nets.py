@@ -17,6 +17,9 @@ round in the same process, medians reported), for the tricks of issue 16:
 * ``same-rows`` / ``same-rows-vgg`` / ``same-rows-big``: the BN network's step, the VGG-style
   network's step, the larger convolution alone: "same" convolutions (3x3, padding 1) in the
   same-rows layout (no padding columns, no junk) vs flat rows (and the plain layout at 15%+ junk);
+* ``images-first`` / ``images-first-vgg``: the BN (VGG-style) network's step, the first layer's
+  few rows of columns (C_in*kh*kw < 64) laid out images first, (N, C_in*kh*kw, H*W), vs
+  (C_in*kh*kw, N*H*W) with the reordering copies of y and dy;
 * ``spaced-rows-big``: the larger convolution alone, product buffers whose rows are a multiple
   of 2 KB long spaced 64 bytes wider (``conv._matrix``) vs not;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
@@ -44,8 +47,10 @@ from ab_conv import _alternate  # noqa: E402
 from bench_nets import tinynet_model  # noqa: E402
 
 CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg", "big-conv",
-         "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big", "spaced-rows-big"]
-VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg", "same-rows-vgg")  # (the others:
+         "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big", "spaced-rows-big",
+         "images-first", "images-first-vgg"]
+VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg", "same-rows-vgg",
+             "images-first-vgg")  # (the others:
 # the BN network)
 
 
@@ -58,6 +63,9 @@ def _switch(what: str) -> tuple:
     if what.startswith("pool-first"):
         return ("pool, then ReLU", "ReLU, then pool",
                 lambda a: setattr(fuse, "_POOL_FIRST", a))
+    if what.startswith("images-first"):
+        return ("images first", "weight positions first",
+                lambda a: setattr(conv, "_IMAGES_FIRST", a))
     if what == "spaced-rows-big":
         return ("rows spaced off 2 KB", "rows as long as the matrix",
                 lambda a: setattr(conv, "_SPACED_ROWS", a))
@@ -89,7 +97,8 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     loss_fn = nn.CrossEntropyLoss()
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     way_a, way_b, set_way = _switch(what)
-    defaults = conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS, fuse._POOL_FIRST
+    defaults = (conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS,
+                conv._IMAGES_FIRST, fuse._POOL_FIRST)
 
     def run_once(a: bool) -> float:
         set_way(a)
@@ -106,8 +115,8 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     try:
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
-        conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS, fuse._POOL_FIRST = \
-            defaults
+        (conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS, conv._IMAGES_FIRST,
+         fuse._POOL_FIRST) = defaults
 
 
 def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> dict:

@@ -265,6 +265,13 @@ def test_same_convolutions_take_the_same_rows_layout():
     flat = conv.columns_for(x, (3, 3), (1, 1), (0, 0), (4, 5))
     assert not flat.same and flat.per_image == 4 * 7
     assert not conv.columns_for(x, (3, 3), (2, 2), (1, 1), (3, 4)).same
+    # images first: (N, C*kh*kw, L), one matrix per image; only with same rows
+    by_image = conv.columns_for(x, (3, 5), (1, 1), (1, 2), (6, 7), images_first=True)
+    assert by_image.images_first and by_image.cols.shape == (2, 3 * 15, 6 * 7)
+    assert not conv.columns_for(x, (3, 3), (1, 1), (0, 0), (4, 5), images_first=True).images_first
+    # training takes it for a first layer's few rows (C_in*kh*kw < 64), not for more
+    cache = F.conv2d_forward(np.zeros((2, 1, 10, 10)), np.zeros((4, 1, 3, 3)), None, 1, 1)[1]
+    assert isinstance(cache, conv.ConvCache) and cache.images_first
 
 
 def test_product_buffers_whose_rows_are_a_multiple_of_2kb_are_spaced_wider():

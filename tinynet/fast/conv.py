@@ -18,6 +18,10 @@ The math and the shapes are in the reference kernel's docstring; here is only wh
   first of the row below) instead of the padding's zeros: those column entries, known by their
   position (j < p - v or j >= W - (v - p)), are set to 0 after the copy, and in backward their
   gradients are dropped before col2im's adds. The copies run over whole images (H*W numbers).
+* **Images first** for a first layer's few columns rows (C_in*kh*kw < 64, same rows, training):
+  the columns are (N, C_in*kh*kw, H*W), one matrix per image, so that ``W @ cols`` is a stack of
+  products that writes straight into y (N, C_out, H, W), and backward reads dy as it is: no
+  (C_out, N*H*W) copies of y and dy (12.8 MB each for the BN network's conv1) are written.
 * **col2im by kh*kw slice adds**: for one offset (u, v) the pixels touched form one shifted
   contiguous slice (flat rows) or one strided slice (plain): no scatter (np.add.at is slow).
 * **By rows** for narrow images in training (``conv_rows.py``): copies whole input rows and
@@ -70,6 +74,7 @@ _SLICED = True  # (a switch for benchmarks/ab_nets.py)
 _DX_BY_CONV = True  # (a switch for benchmarks/ab_nets.py: see _sliced_backward)
 _SAME_ROWS = True  # (a switch for benchmarks/ab_nets.py: see columns_for)
 _SPACED_ROWS = True  # (a switch for benchmarks/ab_nets.py: see _matrix)
+_IMAGES_FIRST = True  # (a switch for benchmarks/ab_nets.py: see columns_for)
 
 
 # Training by slices takes the plain layout (no junk columns, strided copies) when more than this
@@ -112,6 +117,7 @@ class ConvCache(NamedTuple):
     has_bias: bool
     row_pitch: int  # W_pad for the flat-rows layout (stride 1), W for same rows, 0 for plain
     same: bool  # the same-rows layout (see columns_for)
+    images_first: bool  # cols is (N, C_in*kh*kw, L) (see columns_for)
     relu_mask: Any = None  # [y > 0] (N, C_out, H_out, W_out) when a ReLU ran as the last step
 
 
@@ -141,25 +147,28 @@ class PooledCache(NamedTuple):
 class _Columns(NamedTuple):
     """The columns of a batch, filled a block of images at a time by :func:`fill_columns`."""
 
-    cols: Any  # (C*kh*kw, N*L); image n owns the columns n*L ... n*L + L - 1
+    cols: Any  # (C*kh*kw, N*L); image n owns the columns n*L ... n*L + L - 1 (or (N, C*kh*kw, L))
     per_image: int  # L
     row_pitch: int  # W_pad for flat rows (stride 1), 0 for the plain layout
     x_pad: Any  # the padded input the windows are read from
     windows: Any  # strided view (C, kh, kw, N, ...) of x_pad, shaped like cols row by row
     padding: tuple
-    same: bool = False  # same rows: no padding columns, the wrapped entries zeroed (see below)
+    same: bool  # same rows: no padding columns, the wrapped entries zeroed (see columns_for)
+    by_weight: Any  # cols viewed as (C, kh, kw, N, L) (plain: (C, kh, kw, N, H_out, W_out))
+    images_first: bool  # cols is (N, C*kh*kw, L): one matrix per image
 
 
 def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tuple,
-                tag: str = "", flat: bool = True) -> _Columns:
+                tag: str = "", flat: bool = True, images_first: bool = False) -> _Columns:
     """Buffers for the columns of an input batch (N, C, H, W); nothing is copied yet.
 
     ``cols[(c, u, v), n*L + q] = x_pad[n, c, i*s_h + u, j*s_w + v]`` for output pixel (i, j) at
     column q of image n: ``q = i*W_pad + j``, ``L = H_out*W_pad`` for stride 1 (flat rows, with
     junk columns j >= W_out), ``q = i*W_out + j``, ``L = H_out*W_out`` otherwise. With stride 1
     and an output of the input's size, same rows (whatever ``flat`` says): ``q = i*W + j``,
-    ``L = H*W``, no junk columns. ``tag`` names buffers of another role (a second set of columns
-    alive at the same time).
+    ``L = H*W``, no junk columns; with ``images_first`` too (same rows only), cols is
+    (N, C*kh*kw, L): ``cols[n, (c, u, v), q]``. ``tag`` names buffers of another role (a second
+    set of columns alive at the same time).
     """
     backend = backend_of(x)
     xp = backend.xp
@@ -188,8 +197,13 @@ def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tu
         windows = backend.as_strided(
             flat_buf, shape=(C, kh, kw, N, L),
             strides=(per_channel * item, W * item, item, C * per_channel * item, item))
-        cols = _matrix(xp, f"conv.cols{tag}", C * kh * kw, N * L, x.dtype)
-        return _Columns(cols, L, pitch, x_pad, windows, padding, same=True)
+        if images_first and _IMAGES_FIRST:
+            cols = scratch(xp, f"conv.cols_by_image{tag}", (N, C * kh * kw, L), x.dtype)
+        else:
+            images_first = False
+            cols = _matrix(xp, f"conv.cols{tag}", C * kh * kw, N * L, x.dtype)
+        return _Columns(cols, L, pitch, x_pad, windows, padding, True,
+                        _by_weight(cols, windows.shape, images_first), images_first)
     if (sh, sw) == (1, 1) and flat:
         # flat rows: the padded input with one spare zero row, so that the slice of the last
         # offset, [(kh-1)*W_pad + kw-1, ... + H_out*W_pad), stays inside its own channel
@@ -208,7 +222,18 @@ def columns_for(x: Any, kernel: tuple, stride: tuple, padding: tuple, out_hw: tu
             x_pad, shape=(C, kh, kw, N, ho, wo), strides=(s1, s2, s3, s0, s2 * sh, s3 * sw)
         )
     cols = _matrix(xp, f"conv.cols{tag}", C * kh * kw, N * L, x.dtype)
-    return _Columns(cols, L, pitch, x_pad, windows, padding)
+    return _Columns(cols, L, pitch, x_pad, windows, padding, False,
+                    _by_weight(cols, windows.shape, False), False)
+
+
+def _by_weight(cols: Any, shape: tuple, images_first: bool) -> Any:
+    """Columns (C*kh*kw, N*L), or (N, C*kh*kw, L) images first, viewed as ``shape`` =
+    (C, kh, kw, N, ...): one axis per weight position, then the image, then its pixels."""
+    if not images_first:
+        return cols.reshape(shape)
+    C, kh, kw, N = shape[:4]
+    pixel_axes = tuple(range(4, len(shape)))
+    return cols.reshape((N, C, kh, kw) + shape[4:]).transpose((1, 2, 3, 0) + pixel_axes)
 
 
 def fill_columns(columns: _Columns, x: Any, lo: int, hi: int) -> None:
@@ -220,21 +245,21 @@ def fill_columns(columns: _Columns, x: Any, lo: int, hi: int) -> None:
     else:
         columns.x_pad[lo:hi, :, ph : ph + H, pw : pw + W] = x[lo:hi]
     # the one copy of im2col
-    columns.cols.reshape(columns.windows.shape)[:, :, :, lo:hi] = columns.windows[:, :, :, lo:hi]
+    columns.by_weight[:, :, :, lo:hi] = columns.windows[:, :, :, lo:hi]
     if columns.same:  # the entries read across a row end are the padding's zeros
-        _zero_wrapped(columns.cols, columns.windows.shape, W, pw, lo, hi)
+        _zero_wrapped(columns.by_weight, W, pw, lo, hi)
 
 
-def _zero_wrapped(cols: Any, shape: tuple, width: int, pw: int, lo: int, hi: int) -> None:
+def _zero_wrapped(by_weight: Any, width: int, pw: int, lo: int, hi: int) -> None:
     """Same rows: set to 0 the entries of images lo..hi-1 whose window hangs over the left or
-    right edge at that weight position (columns' layout, ``shape`` = (C, kh, kw, N, H*W)).
+    right edge at that weight position (``by_weight``: columns viewed as (C, kh, kw, N, H*W)).
 
     Weight column v reads pixel column j + v - p_w: left of the image for j < p_w - v, right of
     it for j >= W - (v - p_w). In forward these entries hold the row above's or below's pixels
     instead of zeros; in backward (dcols) their gradients belong to no pixel.
     """
-    C, kh, kw, N, L = shape
-    by_pixel = cols.reshape(C, kh, kw, N, L // width, width)
+    C, kh, kw, N, L = by_weight.shape
+    by_pixel = by_weight.reshape(C, kh, kw, N, L // width, width)  # (a view: the last axis split)
     for v in range(kw):
         if v < pw:
             by_pixel[:, :, v, lo:hi, :, : pw - v] = 0
@@ -254,19 +279,35 @@ def _pixels(y2d: Any, n: int, out_hw: tuple, row_pitch: int) -> Any:
 
 def _convolver(x: Any, w2d: Any, bias: Any, kernel: tuple, stride: tuple, padding: tuple,
                out_hw: tuple, relu: bool = False, mask: Any = None, tag: str = "",
-               flat: bool = True) -> tuple:
+               flat: bool = True, images_first: bool = False) -> tuple:
     """Buffers for convolving a batch of x's shape, and ``convolve(x_b, out_b, lo, hi)``, which
     writes ``out_b[lo:hi] = conv(x_b[lo:hi]) + b`` for such a batch x_b (pad, im2col, product,
     reorder; the whole batch by default), then ``max(., 0)`` with ``relu`` (and ``mask[lo:hi]``,
-    if given, the ReLU's mask). Returns ``(convolve, columns)``.
+    if given, the ReLU's mask). Returns ``(convolve, columns)``. With ``images_first`` (same rows
+    only, see columns_for) out_b must be C-contiguous: the products write into it.
     """
     xp = backend_of(x).xp
     n, f = x.shape[0], w2d.shape[0]
-    columns = columns_for(x, kernel, stride, padding, out_hw, tag, flat)
+    columns = columns_for(x, kernel, stride, padding, out_hw, tag, flat, images_first)
     cols, L = columns.cols, columns.per_image
+    bias_column = None if bias is None else bias.reshape(f, 1)
+    if columns.images_first:
+        def convolve(x_b: Any, out_b: Any, lo: int = 0, hi: Any = None) -> None:
+            hi = x_b.shape[0] if hi is None else hi
+            fill_columns(columns, x_b, lo, hi)
+            # Y = W @ cols, one product per image, straight into y (no junk: L = H_out*W_out)
+            y_b = out_b[lo:hi].reshape(hi - lo, f, L)
+            xp.matmul(w2d, cols[lo:hi], out=y_b)
+            if bias is not None:
+                y_b += bias_column
+            if relu:
+                relu_in_place(y_b)
+            if mask is not None:  # the ReLU's mask [y > 0], for backward
+                xp.greater(out_b[lo:hi], 0, out=mask[lo:hi])
+
+        return convolve, columns
     y2d = _matrix(xp, f"conv.y{tag}", f, cols.shape[1], cols.dtype)
     y = _pixels(y2d, n, out_hw, columns.row_pitch)
-    bias_column = None if bias is None else bias.reshape(f, 1)
 
     def convolve(x_b: Any, out_b: Any, lo: int = 0, hi: Any = None) -> None:
         hi = x_b.shape[0] if hi is None else hi
@@ -351,16 +392,18 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     else:
         # training: the columns of the whole batch are kept for backward; each thread fills and
         # multiplies its block of images, then pools it while it is in its core's cache
-        convolve, columns = _convolver(x, w2d, bias, *geometry, relu, mask)
+        # (few rows of columns: images first, where the layout allows it; see columns_for)
+        convolve, columns = _convolver(x, w2d, bias, *geometry, relu, mask,
+                                       images_first=C * kh * kw < _FEW_ROWS)
 
         def block(lo: int, hi: int) -> None:
             convolve(x, out, lo, hi)
             if pool_block is not None:
                 pool_block(lo, hi)
 
-        for_batch(xp, N, block, per_item=columns.cols.shape[0] * columns.per_image)
+        for_batch(xp, N, block, per_item=C * kh * kw * columns.per_image)
         cache = ConvCache(columns.cols, weight, x.shape, stride, padding, bias is not None,
-                          columns.row_pitch, columns.same, mask)
+                          columns.row_pitch, columns.same, columns.images_first, mask)
     if pool is None:
         return out, cache
     return pooled, PooledCache(cache, pool_cache)
@@ -382,8 +425,10 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
         return conv2d_rows_backward(dy, cache, input_grad)
     if isinstance(cache, SlicedCache):
         return _sliced_backward(dy, cache, input_grad, pool_block)
+    if cache.images_first:
+        return _images_first_backward(dy, cache, input_grad, pool_block)
     xp = backend_of(dy).xp
-    cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch, same, mask = cache
+    cols, weight, (N, C, H, W), (sh, sw), (ph, pw), has_bias, pitch, same, _, mask = cache
     F, _, kh, kw = weight.shape
     ho, wo = dy.shape[2:]
     L = cols.shape[1] // N if N else 0  # columns per image
@@ -430,6 +475,48 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
     if not input_grad:
         return None, dw, db
     return _inside(dx_pad, (ph, pw), (H, W), same), dw, db
+
+
+def _images_first_backward(dy: Any, cache: ConvCache, input_grad: bool, pool_block: Any) -> tuple:
+    """Backward of a convolution whose columns are images first, (N, C_in*kh*kw, L) (same rows,
+    no junk: L = H*W): each image's dy (C_out, L) is a matrix as it is, so the products read dy
+    (or dy * mask) without a reordering copy."""
+    xp = backend_of(dy).xp
+    cols, weight, (N, C, H, W), stride, padding, has_bias, pitch, _, _, mask = cache
+    F, _, kh, kw = weight.shape
+    K, L = cols.shape[1], cols.shape[2]
+    as_it_is = mask is None and dy.flags.c_contiguous  # (a pooling's backward fills dy itself)
+    if as_it_is:
+        dY = dy.reshape(N, F, L)  # (a view)
+    else:  # dy * mask, or the pooling's backward, into a buffer
+        dY = scratch(xp, "conv.dy_by_image", (N, F, L), dy.dtype)
+    if input_grad:
+        w2d_t = weight.reshape(F, K).T
+        dcols = scratch(xp, "conv.dcols_by_image", cols.shape, cols.dtype)
+        dx_pad = col2im_buffer(xp, (N, C, H, W), padding, pitch, cols.dtype, True)
+
+    def block(lo: int, hi: int) -> tuple:
+        """The images lo..hi-1 (one thread): their dx, and their share of dW and db."""
+        if pool_block is not None:  # dL/d(conv or ReLU output) of these images, from the pooling
+            pool_block(lo, hi)
+        if not as_it_is:  # (after a ReLU that ran as the forward's last step: dy * mask)
+            relu_backward_into(dy[lo:hi], None if mask is None else mask[lo:hi],
+                               dY[lo:hi].reshape(dy[lo:hi].shape))
+        d = dY[lo:hi]
+        # dL/dW: one product per image, (C_out, L) @ (L, K), then their sum
+        dw = xp.matmul(d, cols[lo:hi].transpose(0, 2, 1)).sum(axis=0)
+        db = d.sum(axis=(0, 2)) if has_bias else None
+        if input_grad:  # dL/dcols = W^T @ dY per image, then col2im
+            xp.matmul(w2d_t, d, out=dcols[lo:hi])
+            col2im_block(dcols, dx_pad, (N, C, H, W), (kh, kw), stride, (H, W), pitch, lo, hi,
+                         True, True)
+        return dw, db
+
+    dw, db = add_blocks(for_batch(xp, N, block, per_item=K * L))
+    dw = dw.reshape(weight.shape)
+    if not input_grad:
+        return None, dw, db
+    return _inside(dx_pad, padding, (H, W), True), dw, db
 
 
 def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: Any) -> tuple:
@@ -551,13 +638,15 @@ def _inside(dx_pad: Any, padding: tuple, hw: tuple, same: bool) -> Any:
 
 
 def col2im_block(dcols: Any, dx_pad: Any, x_shape: tuple, kernel: tuple, stride: tuple,
-                 out_hw: tuple, row_pitch: int, lo: int, hi: int, same: bool = False) -> None:
+                 out_hw: tuple, row_pitch: int, lo: int, hi: int, same: bool = False,
+                 images_first: bool = False) -> None:
     """The adjoint of im2col for images lo..hi-1: add each column entry back onto the input pixel
     it came from.
 
-    ``dcols`` has the columns' layout (C*kh*kw, N*L); ``dx_pad`` (from :func:`col2im_buffer`) is
-    the padded input gradient (N, C, H_pad (+1), W_pad), or (N, C, H_pad, W) for same rows; only
-    its images lo..hi-1 are written (and, for same rows, dcols's wrapped entries zeroed).
+    ``dcols`` has the columns' layout (C*kh*kw, N*L) (or (N, C*kh*kw, L) with
+    ``images_first``); ``dx_pad`` (from :func:`col2im_buffer`) is the padded input gradient
+    (N, C, H_pad (+1), W_pad), or (N, C, H_pad, W) for same rows; only its images lo..hi-1 are
+    written (and, for same rows, dcols's wrapped entries zeroed).
     """
     N, C = x_shape[:2]
     (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
@@ -571,8 +660,9 @@ def col2im_block(dcols: Any, dx_pad: Any, x_shape: tuple, kernel: tuple, stride:
         # inside it would land on the row above's or below's pixels, so they are zeroed first
         pw = (kw - 1) // 2
         L, per_channel = ho * wp, dx_pad.shape[2] * wp
-        _zero_wrapped(dcols, (C, kh, kw, N, L), wp, pw, lo, hi)
-        dcols = dcols.reshape(C, kh, kw, N, L)[:, :, :, lo:hi]
+        by_weight = _by_weight(dcols, (C, kh, kw, N, L), images_first)
+        _zero_wrapped(by_weight, wp, pw, lo, hi)
+        dcols = by_weight[:, :, :, lo:hi]
         dx_rows = dx_pad[lo:hi].reshape(hi - lo, C, per_channel).transpose(1, 0, 2)
         for u in range(kh):
             for v in range(kw):
