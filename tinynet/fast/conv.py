@@ -569,10 +569,10 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                     extra = (g, _convolver(dy[n0:n1], w_flipped, None, (kh, kw), (1, 1),
                                            (kh - 1 - ph, kw - 1 - pw), (H, W), tag=".t",
                                            flat=_flat_pays(W, wo + 2 * (kw - 1 - pw)))[0])
-                else:  # dcols, and the padded dx that col2im adds into
+                else:  # dcols, and the padded dx that col2im adds into (same rows: dx itself)
                     extra = (_matrix(xp, "conv.dcols", *columns.cols.shape, dy.dtype),
-                             col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, dy.dtype,
-                                           columns.same))
+                             None if columns.same else
+                             col2im_buffer(xp, (n, C, H, W), (ph, pw), pitch, dy.dtype))
                 buffers[n] = columns, dY, dY.reshape(F, n, ho, pitch or wo), extra
             columns, dY, dy_rows, extra = buffers[n]
             fill_columns(columns, x[n0:n1], 0, n)
@@ -600,9 +600,13 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
             else:  # dL/dcols = W^T @ dY, then col2im into this slice's dx
                 dcols, dx_pad = extra
                 xp.matmul(w2d_t, dY, out=dcols)
-                col2im_block(dcols, dx_pad, (n, C, H, W), (kh, kw), stride, (ho, wo), pitch,
-                             0, n, columns.same)
-                dx[n0:n1] = _inside(dx_pad, (ph, pw), (H, W), columns.same)
+                if dx_pad is None:  # same rows: col2im writes this slice's dx itself
+                    col2im_block(dcols, dx[n0:n1], (n, C, H, W), (kh, kw), stride, (ho, wo),
+                                 pitch, 0, n, True)
+                else:
+                    col2im_block(dcols, dx_pad, (n, C, H, W), (kh, kw), stride, (ho, wo), pitch,
+                                 0, n)
+                    dx[n0:n1] = _inside(dx_pad, (ph, pw), (H, W), False)
         return dw, db
 
     dw, db = add_blocks(for_batch(xp, N, block, per_item=per_image))
@@ -620,12 +624,12 @@ _FEW_ROWS = 64
 def col2im_buffer(xp: Any, x_shape: tuple, padding: tuple, row_pitch: int, dtype: Any,
                   same: bool = False) -> Any:
     """The padded input gradient that :func:`col2im_block` adds into (with the spare row for
-    flat rows; the padding rows only for same rows); each block zeroes its own images first."""
+    flat rows; for same rows dx itself, no padding); each block writes its own images."""
     N, C, H, W = x_shape
     ph, pw = padding
     hp, wp = H + 2 * ph, W + 2 * pw
     if same:
-        return scratch(xp, "conv.dx_same", (N, C, hp, W), dtype)
+        return scratch(xp, "conv.dx_same", (N, C, H, W), dtype)
     return scratch(xp, "conv.dx", (N, C, hp + (1 if row_pitch else 0), wp), dtype)
 
 
@@ -633,7 +637,7 @@ def _inside(dx_pad: Any, padding: tuple, hw: tuple, same: bool) -> Any:
     """The input's pixels of a buffer from :func:`col2im_buffer`: (N, C, H, W), a view."""
     (ph, pw), (H, W) = padding, hw
     if same:
-        return dx_pad[:, :, ph : ph + H]
+        return dx_pad
     return dx_pad[:, :, ph : ph + H, pw : pw + W]
 
 
@@ -645,31 +649,34 @@ def col2im_block(dcols: Any, dx_pad: Any, x_shape: tuple, kernel: tuple, stride:
 
     ``dcols`` has the columns' layout (C*kh*kw, N*L) (or (N, C*kh*kw, L) with
     ``images_first``); ``dx_pad`` (from :func:`col2im_buffer`) is the padded input gradient
-    (N, C, H_pad (+1), W_pad), or (N, C, H_pad, W) for same rows; only its images lo..hi-1 are
-    written (and, for same rows, dcols's wrapped entries zeroed).
+    (N, C, H_pad (+1), W_pad), or for same rows dx itself, (N, C, H, W) (any C-contiguous
+    array); only its images lo..hi-1 are written (and, for same rows, dcols's wrapped entries
+    zeroed).
     """
     N, C = x_shape[:2]
     (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
     wp = dx_pad.shape[3]
-    dx_pad[lo:hi] = 0
-    if hi <= lo:  # no images (an empty batch)
-        return
-    if same:
-        # same rows: offset (u, v) touches the slice [u*W + v - p_w, ... + L) of every (image,
-        # channel), cut to the channel (what is cut off is wrapped entries); the wrapped entries
-        # inside it would land on the row above's or below's pixels, so they are zeroed first
-        pw = (kw - 1) // 2
-        L, per_channel = ho * wp, dx_pad.shape[2] * wp
+    if same and hi > lo:
+        # same rows, straight into dx: offset (u, v) touches the slice [(u - p_h)*W + v - p_w,
+        # ... + L) of every (image, channel), cut to the image (what is cut off fell on the
+        # padding); the wrapped entries inside it would land on the row above's or below's
+        # pixels, so they are zeroed first. The centre offset covers the image exactly: written
+        ph, pw = (kh - 1) // 2, (kw - 1) // 2
+        L = ho * wp
         by_weight = _by_weight(dcols, (C, kh, kw, N, L), images_first)
         _zero_wrapped(by_weight, wp, pw, lo, hi)
         dcols = by_weight[:, :, :, lo:hi]
-        dx_rows = dx_pad[lo:hi].reshape(hi - lo, C, per_channel).transpose(1, 0, 2)
+        dx_rows = dx_pad[lo:hi].reshape(hi - lo, C, L).transpose(1, 0, 2)
+        dx_rows[...] = dcols[:, ph, pw]
         for u in range(kh):
             for v in range(kw):
-                start = u * wp + v - pw
-                a, b = max(0, -start), min(L, per_channel - start)  # the part inside the channel
-                if a < b:  # (a narrow image: a slice may lie wholly outside)
+                start = (u - ph) * wp + v - pw
+                a, b = max(0, -start), min(L, L - start)  # the part inside the image
+                if (u, v) != (ph, pw) and a < b:  # (a narrow image: a slice may lie outside)
                     dx_rows[:, :, start + a : start + b] += dcols[:, u, v, :, a:b]
+        return
+    dx_pad[lo:hi] = 0
+    if hi <= lo:  # no images (an empty batch)
         return
     if row_pitch:
         # flat rows: offset (u, v) touches the contiguous slice [u*W_pad + v, ... + L) of every
