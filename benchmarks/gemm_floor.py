@@ -10,7 +10,9 @@ Everything else (the columns' copies, col2im's adds, the bias, the reorderings) 
 script times the three products ALONE, on random matrices of exactly those shapes, split over
 the threads the way the fast engine splits a batch (``threads.for_batch``: a block of images per
 thread, BLAS on one thread, the products a slice of ``conv._EVAL_COLS_ELEMENTS`` column numbers
-at a time), and puts them next to tinynet's whole layer and PyTorch's (oneDNN), forward +
+at a time, in buffers laid out as its own: ``conv._matrix`` spaces rows that are a multiple of
+2 KB long, without which a 32x32 layer's products alone ran 1.3x PyTorch's layer instead of
+0.93x), and puts them next to tinynet's whole layer and PyTorch's (oneDNN), forward +
 backward with dx, in one run. ``floor / torch`` above 1 means that no rearrangement of the
 copies can bring that layer to PyTorch's time: only less arithmetic (Winograd; see
 docs/speed.md) or a faster matrix product could.
@@ -49,7 +51,10 @@ def cases(quick: bool) -> list[tuple[str, int, int, int, int]]:
 def time_products(batch: int, c_in: int, c_out: int, size: int, repeats: int) -> tuple:
     """(forward, backward) seconds of the layer's products alone, split as the fast engine
     splits a batch."""
-    from tinynet.fast.conv import _EVAL_COLS_ELEMENTS  # the fast engine's column numbers per slice
+    from tinynet.fast.conv import (
+        _EVAL_COLS_ELEMENTS,  # the fast engine's column numbers per slice
+        _matrix,  # its buffers for the products' operands
+    )
     from tinynet.fast.threads import for_batch
 
     k, pixels = c_in * 9, size * size
@@ -60,11 +65,15 @@ def time_products(batch: int, c_in: int, c_out: int, size: int, repeats: int) ->
     blocks: dict = {}
 
     def buffers(lo: int) -> tuple:
-        if lo not in blocks:
+        if lo not in blocks:  # laid out as the fast engine lays them out (conv._matrix: rows
+            # a multiple of 2 KB long are spaced wider, or the products run 10-25% slower)
             n = per_slice * pixels
-            blocks[lo] = (rng.standard_normal((k, n), dtype=np.float32),
-                          rng.standard_normal((c_out, n), dtype=np.float32),
-                          np.empty((c_out, n), np.float32), np.empty((k, n), np.float32))
+            cols, dy = (_matrix(np, f"floor.{role}.{lo}", rows, n, np.float32)
+                        for role, rows in (("cols", k), ("dy", c_out)))
+            cols[...] = rng.standard_normal((k, n), dtype=np.float32)
+            dy[...] = rng.standard_normal((c_out, n), dtype=np.float32)
+            blocks[lo] = (cols, dy, _matrix(np, f"floor.y.{lo}", c_out, n, np.float32),
+                          _matrix(np, f"floor.dcols.{lo}", k, n, np.float32))
         return blocks[lo]
 
     def forward_block(lo: int, hi: int) -> None:
