@@ -17,7 +17,8 @@ The math and the shapes are in the reference kernel's docstring; here is only wh
   that hangs over the left or right edge then reads the last pixels of the row above (or the
   first of the row below) instead of the padding's zeros: those column entries, known by their
   position (j < p - v or j >= W - (v - p)), are set to 0 after the copy, and in backward their
-  gradients are dropped before col2im's adds. The copies run over whole images (H*W numbers).
+  gradients are dropped before col2im's adds. The copies run over whole images (H*W numbers),
+  and col2im adds straight into dx (what falls on the padding rows is cut off).
 * **Images first** for a first layer's few columns rows (C_in*kh*kw < 64, same rows, training):
   the columns are (N, C_in*kh*kw, H*W), one matrix per image, so that ``W @ cols`` is a stack of
   products that writes straight into y (N, C_out, H, W), and backward reads dy as it is: no
@@ -39,8 +40,11 @@ The math and the shapes are in the reference kernel's docstring; here is only wh
   and keeps only the input; backward makes each slice's columns again, in the cache, and adds
   that slice's dW, db and dx at once. For a stride-1 layer with C_out <= C_in, dx is the
   convolution of dy with the flipped kernel (no col2im); where flat rows would be more than 15%
-  junk columns (8x8 images), the plain layout.
+  junk columns (8x8 images, and no same rows), the plain layout.
 * **Recycled buffers** (``_recycle.scratch``): fresh multi-megabyte arrays cost page faults.
+* **Product buffers off 2 KB** (``_matrix``): an operand whose rows are a multiple of 2 KB long
+  (1024 float32: every 32x32 image) gets rows 64 bytes wider; OpenBLAS ran such products 10-25%
+  slower (cache sets).
 
 Measurements behind each choice: ``docs/speed.md``.
 """
