@@ -22,6 +22,10 @@ round in the same process, medians reported), for the tricks of issue 16:
   (C_in*kh*kw, N*H*W) with the reordering copies of y and dy;
 * ``spaced-rows-big``: the larger convolution alone, product buffers whose rows are a multiple
   of 2 KB long spaced 64 bytes wider (``conv._matrix``) vs not;
+* ``offset`` / ``offset-vgg`` / ``offset-big``: the BN network's step, the VGG-style network's
+  step, the larger convolution alone: col2im of a sliced "same" convolution by offset
+  (``conv.col2im_by_offset``: one flat add per weight position) vs by rows
+  (``conv.col2im_block``: the same adds as strided rows);
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
   into one convolution) vs the plain model.
 
@@ -48,9 +52,9 @@ from bench_nets import tinynet_model  # noqa: E402
 
 CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg", "big-conv",
          "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big", "spaced-rows-big",
-         "images-first", "images-first-vgg"]
+         "images-first", "images-first-vgg", "offset", "offset-vgg", "offset-big"]
 VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg", "same-rows-vgg",
-             "images-first-vgg")  # (the others:
+             "images-first-vgg", "offset-vgg")  # (the others:
 # the BN network)
 
 
@@ -66,6 +70,9 @@ def _switch(what: str) -> tuple:
     if what.startswith("images-first"):
         return ("images first", "weight positions first",
                 lambda a: setattr(conv, "_IMAGES_FIRST", a))
+    if what.startswith("offset"):
+        return ("col2im by offset", "col2im by rows",
+                lambda a: setattr(conv, "_COL2IM_BY_OFFSET", a))
     if what == "spaced-rows-big":
         return ("rows spaced off 2 KB", "rows as long as the matrix",
                 lambda a: setattr(conv, "_SPACED_ROWS", a))
@@ -98,7 +105,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     way_a, way_b, set_way = _switch(what)
     defaults = (conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS,
-                conv._IMAGES_FIRST, fuse._POOL_FIRST)
+                conv._IMAGES_FIRST, fuse._POOL_FIRST, conv._COL2IM_BY_OFFSET)
 
     def run_once(a: bool) -> float:
         set_way(a)
@@ -116,7 +123,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
         (conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS, conv._IMAGES_FIRST,
-         fuse._POOL_FIRST) = defaults
+         fuse._POOL_FIRST, conv._COL2IM_BY_OFFSET) = defaults
 
 
 def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> dict:
@@ -127,7 +134,7 @@ def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> d
     w = (rng.standard_normal((64, 32, 3, 3)) * 0.1).astype(np.float32)
     dy = rng.standard_normal((64, 64, 32, 32)).astype(np.float32)
     way_a, way_b, set_way = _switch("sliced" if what == "big-conv" else what)
-    defaults = conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS
+    defaults = conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS, conv._COL2IM_BY_OFFSET
 
     def run(a: bool) -> float:
         set_way(a)
@@ -140,7 +147,7 @@ def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> d
     try:
         return _alternate({way_a: True, way_b: False}, rounds, run)
     finally:
-        conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS = defaults
+        conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS, conv._COL2IM_BY_OFFSET = defaults
 
 
 def ab_fold_eval(calls: int, rounds: int, seed: int) -> dict:
@@ -176,7 +183,7 @@ def main(argv=None) -> int:
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
     results, rows = [], []
     for what in args.what:
-        if what in ("big-conv", "same-rows-big", "spaced-rows-big"):
+        if what in ("big-conv", "same-rows-big", "spaced-rows-big", "offset-big"):
             label = f"{what}: 32->64 3x3 p1, 32x32, batch 64, forward + backward"
             r = ab_big_conv(1 if args.quick else 5, rounds, args.seed, what)
         elif what == "fold-eval":

@@ -121,6 +121,7 @@ def test_ab_nets_quick(tmp_path):
     cases = [r["case"].split(":")[0] for r in data["results"]]
     assert cases == ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg",
                      "big-conv", "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big",
-                     "spaced-rows-big", "images-first", "images-first-vgg"]
+                     "spaced-rows-big", "images-first", "images-first-vgg", "offset", "offset-vgg",
+                     "offset-big"]
     for r in data["results"]:
         assert len(r["ways"]) == 2 and all(w["median_ms"] > 0 for w in r["ways"].values())

@@ -456,14 +456,17 @@ def test_tinynet_kernels_environment_variable_selects_the_mode():
 
 # -- training by slices (conv.SlicedCache) -------------------------------------------------------
 @pytest.fixture(params=["whole slices", "one image per slice", "one image per slice, col2im",
+                        "whole slices, col2im", "one image per slice, col2im by rows",
                         "one image per slice, plain layout"])
 def sliced(request, monkeypatch):
     """Training by slices for every drawn geometry (not only for 64+ column rows), with slices
-    of one image or of the whole batch; dx by a convolution of dy (stride 1) or by col2im; the
+    of one image or of the whole batch; dx by a convolution of dy (stride 1) or by col2im (for
+    "same" convolutions by offset, conv.col2im_by_offset, or by rows, conv.col2im_block); the
     flat-rows layout where the stride is 1, or always the plain one."""
     monkeypatch.setattr(conv, "_SLICED_MIN_ROWS", 0)
     monkeypatch.setattr(conv, "_ROWS_MAX_WIDTH", 0)
     monkeypatch.setattr(conv, "_DX_BY_CONV", "col2im" not in request.param)
+    monkeypatch.setattr(conv, "_COL2IM_BY_OFFSET", "by rows" not in request.param)
     monkeypatch.setattr(conv, "_PLAIN_JUNK", -1.0 if "plain" in request.param else 1.0)
     if request.param.startswith("one image per slice"):
         monkeypatch.setattr(conv, "_EVAL_COLS_ELEMENTS", 1)
@@ -514,6 +517,49 @@ def test_conv2d_trained_by_slices_matches_naive_loops_and_the_reference(geometry
         for got, ref in zip((dx, dw, db), R.conv2d_backward(dy, rcache), strict=True):
             if ref is not None:
                 np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 4), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       kernel=st.tuples(st.sampled_from([1, 3, 5]), st.sampled_from([1, 3, 5])),
+       seed=st.integers(0, 2**16))
+def test_col2im_by_offset_is_the_adjoint_of_same_rows_im2col(n, c, h, w, kernel, seed):
+    """<im2col(x), dcols> = <x, col2im(dcols)> for any dcols, junk in every entry that lies off
+    the image included (they must be dropped, not spilled onto a neighbour's pixels), and the
+    same dx as col2im_block's."""
+    rng = np.random.default_rng(seed)
+    kh, kw = kernel
+    padding = ((kh - 1) // 2, (kw - 1) // 2)
+    x = rng.standard_normal((n, c, h, w))
+    columns = conv.columns_for(x, kernel, (1, 1), padding, (h, w))
+    assert columns.same
+    conv.fill_columns(columns, x, 0, n)
+    cols = columns.cols  # (c*kh*kw, n*h*w), rows (c, u, v)
+    g = rng.standard_normal(cols.shape)  # dL/dcols, rows (c, u, v)
+    dcols, rows = conv.offset_buffers(np, (n, c, h, w), kernel, g.dtype)
+    dcols[:, : n * h * w] = g.reshape(c, kh, kw, -1).transpose(1, 2, 0, 3).reshape(g.shape)
+    dx = np.full(x.shape, np.nan)
+    conv.col2im_by_offset(dcols, rows, dx, kernel)
+    np.testing.assert_allclose((x * dx).sum(), (cols * g).sum(), rtol=1e-10, atol=1e-10)
+    by_rows = np.full(x.shape, np.nan)
+    conv.col2im_block(g.copy(), by_rows, x.shape, kernel, (1, 1), (h, w), w, 0, n, True)
+    np.testing.assert_allclose(dx, by_rows, rtol=1e-12, atol=1e-12)
+
+
+def test_col2im_by_offset_buffers_of_one_shape_for_two_geometries():
+    """Two layers whose dcols buffers have the same shape, one with spare columns (32x32: rows
+    spaced to 1040 numbers) and one without (5 images of 16x13 = 1040 columns): the second must
+    not leave numbers in the first's spare columns (the role names the columns)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in ((1, 2, 32, 32), (5, 2, 16, 13)))
+    assert conv._pitch(np, 1024, np.float32) == 1040
+    for x in (a, b, a):
+        dy = rng.standard_normal((x.shape[0], 4) + x.shape[2:]).astype(np.float32)
+        cache = conv.SlicedCache(x, w, (1, 1), (1, 1), False, None)
+        dx = conv.conv2d_backward(dy, cache)[0]
+        ref = R.conv2d_backward(dy, R.conv2d_forward(x, w, None, 1, 1)[1])[0]
+        np.testing.assert_allclose(dx, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_conv2d_by_slices_keeps_the_input_and_takes_an_empty_batch(sliced):

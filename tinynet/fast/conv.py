@@ -79,6 +79,7 @@ _DX_BY_CONV = True  # (a switch for benchmarks/ab_nets.py: see _sliced_backward)
 _SAME_ROWS = True  # (a switch for benchmarks/ab_nets.py: see columns_for)
 _SPACED_ROWS = True  # (a switch for benchmarks/ab_nets.py: see _matrix)
 _IMAGES_FIRST = True  # (a switch for benchmarks/ab_nets.py: see columns_for)
+_COL2IM_BY_OFFSET = True  # (a switch for benchmarks/ab_nets.py: see col2im_by_offset)
 
 
 # Training by slices takes the plain layout (no junk columns, strided copies) when more than this
@@ -94,10 +95,14 @@ def _matrix(xp: Any, role: str, rows: int, cols: int, dtype: Any) -> Any:
     meet in the same sets of the cache, and OpenBLAS's products then run 10-25% slower (1 thread,
     (64, 288) @ (288, 1024): 79 GFLOP/s, 92 with the rows 1040 numbers apart; W^T @ dY: 71 vs
     96). Only the first ``cols`` numbers of each row are handed out (a view)."""
+    return scratch(xp, role, (rows, _pitch(xp, cols, dtype)), dtype)[:, :cols]
+
+
+def _pitch(xp: Any, cols: int, dtype: Any) -> int:
+    """The row length of a :func:`_matrix` buffer of ``cols`` columns."""
     itemsize = xp.dtype(dtype).itemsize
     spaced = _SPACED_ROWS and cols and (cols * itemsize) % 2048 == 0
-    pitch = cols + 64 // itemsize if spaced else cols
-    return scratch(xp, role, (rows, pitch), dtype)[:, :cols]
+    return cols + 64 // itemsize if spaced else cols
 
 
 def _flat_pays(out_width: int, padded_width: int) -> bool:
@@ -548,6 +553,9 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
             and F <= C):
         w_flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         w_flipped = w_flipped.reshape(C, F * kh * kw)
+    # (col2im by offset: W^T's rows ordered (u, v, c), so that dcols holds one (C_in, n*L) block
+    # per weight position)
+    w_by_offset_t = xp.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(kh * kw * C, F)
 
     def block(lo: int, hi: int) -> tuple:
         if pool_block is not None:  # dL/d(conv or ReLU output) of these images, from the pooling
@@ -573,6 +581,8 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                     extra = (g, _convolver(dy[n0:n1], w_flipped, None, (kh, kw), (1, 1),
                                            (kh - 1 - ph, kw - 1 - pw), (H, W), tag=".t",
                                            flat=_flat_pays(W, wo + 2 * (kw - 1 - pw)))[0])
+                elif columns.same and _COL2IM_BY_OFFSET:  # dcols by weight position first
+                    extra = (None, offset_buffers(xp, (n, C, H, W), (kh, kw), dy.dtype))
                 else:  # dcols, and the padded dx that col2im adds into (same rows: dx itself)
                     extra = (_matrix(xp, "conv.dcols", *columns.cols.shape, dy.dtype),
                              None if columns.same else
@@ -601,6 +611,10 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                 else:
                     xp.multiply(dy[n0:n1], mask[n0:n1], out=g)
                     convolve_t(g, dx[n0:n1])
+            elif extra[0] is None:  # dL/dcols = W^T @ dY, its rows (u, v, c); col2im by offset
+                dcols, rows = extra[1]
+                xp.matmul(w_by_offset_t, dY, out=dcols[:, : dY.shape[1]])
+                col2im_by_offset(dcols, rows, dx[n0:n1], (kh, kw))
             else:  # dL/dcols = W^T @ dY, then col2im into this slice's dx
                 dcols, dx_pad = extra
                 xp.matmul(w2d_t, dY, out=dcols)
@@ -635,6 +649,67 @@ def col2im_buffer(xp: Any, x_shape: tuple, padding: tuple, row_pitch: int, dtype
     if same:
         return scratch(xp, "conv.dx_same", (N, C, H, W), dtype)
     return scratch(xp, "conv.dx", (N, C, hp + (1 if row_pitch else 0), wp), dtype)
+
+
+def offset_buffers(xp: Any, x_shape: tuple, kernel: tuple, dtype: Any) -> tuple:
+    """``(dcols, rows)`` for :func:`col2im_by_offset` on a slice of ``x_shape`` (n, C, H, W):
+    dcols (kh*kw*C, P) for dL/dcols in its first n*H*W columns, rows ordered (u, v, c), and
+    ``rows`` (C, P), which col2im adds into. P: n*H*W, or a little more (see :func:`_matrix`);
+    the spare columns stay zeros (nothing writes them)."""
+    n, C, H, W = x_shape
+    kh, kw = kernel
+    nl = n * H * W
+    pitch = _pitch(xp, nl, dtype)
+    # (n*H*W in the role: a buffer of this shape for another n*H*W would have written columns
+    # that are spare here)
+    dcols = scratch(xp, f"conv.dcols_by_offset.{nl}", (kh * kw * C, pitch), dtype)
+    return dcols, scratch(xp, "conv.dx_by_offset", (C, pitch), dtype)
+
+
+def col2im_by_offset(dcols: Any, rows: Any, dx: Any, kernel: tuple) -> None:
+    """col2im of a "same" convolution (stride 1, same rows) by whole-buffer adds: writes ``dx``
+    (n, C, H, W) from ``dcols`` (kh*kw*C, P: rows ordered (u, v, c), dL/dcols in the first
+    n*H*W columns; from :func:`offset_buffers`), through ``rows`` (C, P).
+
+    Offset (u, v) sends entry (c, q) of its block to ``q + (u - p_h)*W + (v - p_w)`` of channel c.
+    The entries whose window position lies off the image (wrapped across a row end, or above the
+    first row / below the last) are zeroed first; every other entry lands inside its own image
+    and channel, and the buffers' spare columns are zeros. So each offset is ONE add of the whole
+    (C, P) block, read as a flat array, shifted: NumPy runs a 1-D add of 32k numbers about 4x
+    faster than the same add as 32 strided rows (1023 numbers each: 3.5 vs 13.7 us, 1 thread;
+    col2im of a 32->64 layer's 32x32 image: about 60 vs 200 us). The adds run in the order of
+    :func:`col2im_block`'s.
+    """
+    n, C, H, W = dx.shape
+    kh, kw = kernel
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    L, pitch = H * W, dcols.shape[1]
+    valid = dcols[:, : n * L]
+    # the off-image entries: wrapped (left/right of the image), then above/below it
+    _zero_wrapped(valid.reshape(kh, kw, C, n, L).transpose(2, 0, 1, 3, 4), W, pw, 0, n)
+    by_pixel = valid.reshape(kh, kw, C, n, H, W)
+    for u in range(kh):
+        if u < ph:
+            by_pixel[u, :, :, :, : ph - u] = 0
+        elif u > ph:
+            by_pixel[u, :, :, :, max(0, H - (u - ph)) :] = 0
+    # the whole buffer, flat: block (u, v) is [(u*kw + v)*C*P, ... + C*P)
+    flat = dcols.reshape(-1)
+    span = C * pitch
+    out = rows.reshape(-1)
+    centre = (ph * kw + pw) * span
+    out[...] = flat[centre : centre + span]  # (the centre offset covers the image exactly)
+    for u in range(kh):
+        for v in range(kw):
+            shift = (u - ph) * W + v - pw
+            if (u, v) == (ph, pw) or abs(shift) >= span:  # (tiny images: all of it is off them)
+                continue
+            block = flat[(u * kw + v) * span : (u * kw + v + 1) * span]
+            if shift >= 0:
+                out[shift:] += block[: span - shift]
+            else:
+                out[: span + shift] += block[-shift:]
+    dx[...] = rows[:, : n * L].reshape(C, n, H, W).transpose(1, 0, 2, 3)
 
 
 def _inside(dx_pad: Any, padding: tuple, hw: tuple, same: bool) -> Any:
