@@ -25,6 +25,11 @@ The math and the shapes are in the reference kernel's docstring; here is only wh
   (C_out, N*H*W) copies of y and dy (12.8 MB each for the BN network's conv1) are written.
 * **col2im by kh*kw slice adds**: for one offset (u, v) the pixels touched form one shifted
   contiguous slice (flat rows) or one strided slice (plain): no scatter (np.add.at is slow).
+* **col2im by offset** (same rows, training by slices: ``col2im_by_offset``): dcols's rows are
+  ordered (u, v, c), so each offset's block is one contiguous (C_in, n*H*W) array; with the
+  entries whose window lies off the image zeroed, every other entry lands inside its own image
+  and channel, and each offset is ONE flat 1-D add of the whole block. NumPy runs an add of
+  many strided rows about 4x slower than the same numbers as one flat array.
 * **By rows** for narrow images in training (``conv_rows.py``): copies whole input rows and
   multiplies them by a banded weight matrix: kh copies per input number instead of kh*kw.
 * **The bias (and a fused ReLU) on Y's long rows** before one reordering copy: 2-3x faster than
@@ -677,7 +682,7 @@ def col2im_by_offset(dcols: Any, rows: Any, dx: Any, kernel: tuple) -> None:
     and channel, and the buffers' spare columns are zeros. So each offset is ONE add of the whole
     (C, P) block, read as a flat array, shifted: NumPy runs a 1-D add of 32k numbers about 4x
     faster than the same add as 32 strided rows (1023 numbers each: 3.5 vs 13.7 us, 1 thread;
-    col2im of a 32->64 layer's 32x32 image: about 60 vs 200 us). The adds run in the order of
+    col2im of a 32->64 layer's 32x32 image: about 80 vs 200 us). The adds run in the order of
     :func:`col2im_block`'s.
     """
     n, C, H, W = dx.shape
