@@ -558,9 +558,13 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
             and F <= C):
         w_flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         w_flipped = w_flipped.reshape(C, F * kh * kw)
-    # (col2im by offset: W^T's rows ordered (u, v, c), so that dcols holds one (C_in, n*L) block
-    # per weight position)
-    w_by_offset_t = xp.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(kh * kw * C, F)
+    # otherwise, for a "same" convolution: col2im by offset, W^T's rows ordered (u, v, c), so
+    # that dcols holds one (C_in, n*L) block per weight position
+    w_by_offset_t = None
+    if (input_grad and w_flipped is None and _COL2IM_BY_OFFSET and stride == (1, 1)
+            and (ho, wo) == (H, W)):
+        w_by_offset_t = xp.ascontiguousarray(weight.transpose(2, 3, 1, 0))
+        w_by_offset_t = w_by_offset_t.reshape(kh * kw * C, F)
 
     def block(lo: int, hi: int) -> tuple:
         if pool_block is not None:  # dL/d(conv or ReLU output) of these images, from the pooling
@@ -586,8 +590,8 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                     extra = (g, _convolver(dy[n0:n1], w_flipped, None, (kh, kw), (1, 1),
                                            (kh - 1 - ph, kw - 1 - pw), (H, W), tag=".t",
                                            flat=_flat_pays(W, wo + 2 * (kw - 1 - pw)))[0])
-                elif columns.same and _COL2IM_BY_OFFSET:  # dcols by weight position first
-                    extra = (None, offset_buffers(xp, (n, C, H, W), (kh, kw), dy.dtype))
+                elif columns.same and w_by_offset_t is not None:  # dcols by weight position
+                    extra = offset_buffers(xp, (n, C, H, W), (kh, kw), dy.dtype)
                 else:  # dcols, and the padded dx that col2im adds into (same rows: dx itself)
                     extra = (_matrix(xp, "conv.dcols", *columns.cols.shape, dy.dtype),
                              None if columns.same else
@@ -616,8 +620,8 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                 else:
                     xp.multiply(dy[n0:n1], mask[n0:n1], out=g)
                     convolve_t(g, dx[n0:n1])
-            elif extra[0] is None:  # dL/dcols = W^T @ dY, its rows (u, v, c); col2im by offset
-                dcols, rows = extra[1]
+            elif columns.same and w_by_offset_t is not None:  # dL/dcols = W^T @ dY, its rows
+                dcols, rows = extra  # (u, v, c); col2im by offset
                 xp.matmul(w_by_offset_t, dY, out=dcols[:, : dY.shape[1]])
                 col2im_by_offset(dcols, rows, dx[n0:n1], (kh, kw))
             else:  # dL/dcols = W^T @ dY, then col2im into this slice's dx
