@@ -6,6 +6,9 @@ network end to end; SGD over several steps; state dicts moved both ways; reprs.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -28,7 +31,7 @@ from strategies import (
 
 import tinynet
 import tinynet.nn as nn
-from tinynet.optim import SGD
+from tinynet.optim import SGD, OneCycleLR
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -331,6 +334,66 @@ def test_sgd_matches_torch_over_several_steps(kwargs):
     theirs = dict(ref.named_parameters())
     for k, p in model.named_parameters():
         np.testing.assert_allclose(p.data, n(theirs[k]), rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def _torch_bn_benchmark():
+    """benchmarks/torch_fashion_mnist_bn.py as a module: the PyTorch twin of the BN example's
+    model that the 18-epoch comparison runs (it imports ``bn_cnn`` from the example itself)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_fashion_mnist_bn.py"
+    spec = importlib.util.spec_from_file_location("torch_fashion_mnist_bn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bn_example_recipe_matches_torch_step_by_step():
+    """The BN example's model and recipe (fused as ``fit`` runs it: Conv+BN+ReLU+MaxPool groups;
+    SGD with Nesterov momentum and weight decay; OneCycleLR stepped every batch, cycling the
+    momentum) against the benchmark's PyTorch twin, in float64: the same loss at every step, the
+    same weights and BatchNorm running statistics after, the same evaluation output. (Dropout 0:
+    the two frameworks draw their masks from different generators.) So the two 18-epoch runs
+    in README differ by their random draws and float rounding only."""
+    bench = _torch_bn_benchmark()
+    tinynet.manual_seed(3)
+    model = bench.bn_cnn(0.0).double()
+    ref = bench.torch_bn_cnn(0.0).double()
+    ref.load_state_dict(_to_torch_state(model))
+    fused = tinynet.fuse(model)
+    assert [type(m).__name__ for m in fused][:2] == ["ConvBN", "ConvBN"]  # (the fused groups)
+    recipe = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = SGD(model.parameters(), **recipe)
+    sched = OneCycleLR(opt, max_lr=0.1, epochs=2, steps_per_epoch=4)
+    topt = torch.optim.SGD(ref.parameters(), **recipe)
+    tsched = torch.optim.lr_scheduler.OneCycleLR(topt, max_lr=0.1, epochs=2, steps_per_epoch=4)
+    loss_fn = nn.CrossEntropyLoss()
+    fused.train()
+    ref.train()
+    for step in range(8):
+        x = normal(step, (6, 1, 28, 28))
+        labels = labels_for(step + 50, 6, 10)
+        opt.zero_grad()
+        loss = loss_fn(fused(x), labels)
+        fused.backward(loss_fn.backward())
+        opt.step()
+        sched.step()
+        topt.zero_grad()
+        lt = TF.cross_entropy(ref(t(x)), torch.from_numpy(labels))
+        lt.backward()
+        topt.step()
+        tsched.step()
+        np.testing.assert_allclose(float(loss), lt.item(), rtol=1e-9, err_msg=f"step {step}")
+        assert opt.param_groups[0]["momentum"] == pytest.approx(topt.param_groups[0]["momentum"])
+    theirs = ref.state_dict()
+    for k, v in model.state_dict().items():  # weights, running means and variances, counts
+        np.testing.assert_allclose(np.asarray(tinynet.to_numpy(v), dtype=np.float64),
+                                   theirs[k].double().numpy(), rtol=1e-8, atol=1e-10, err_msg=k)
+    fused.eval()
+    ref.eval()
+    x = normal(99, (5, 1, 28, 28))
+    with torch.no_grad():
+        expected = n(ref(t(x)))
+    with tinynet.no_grad():
+        np.testing.assert_allclose(fused(x), expected, rtol=1e-8, atol=1e-10)
 
 
 def test_sgd_state_dict_layout_like_torch():
