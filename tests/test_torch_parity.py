@@ -295,6 +295,27 @@ def test_init_bounds_match_torch():
 # ----------------------------------------------------------------------------------------------
 # SGD
 # ----------------------------------------------------------------------------------------------
+def _side_by_side(model, ref, opt, topt, x_shape, classes, steps, label_seed, schedulers=()):
+    """Train tinynet's ``model`` (with ``opt``) and PyTorch's ``ref`` (with ``topt``) on the same
+    drawn float64 batches, one SGD step each (then their schedulers, (tinynet's, PyTorch's), if
+    given); yields ``(step, tinynet's loss, PyTorch's loss)`` after every step."""
+    loss_fn = nn.CrossEntropyLoss()
+    for step in range(steps):
+        x = normal(step, x_shape)
+        labels = labels_for(step + label_seed, x_shape[0], classes)
+        opt.zero_grad()
+        loss = loss_fn(model(x), labels)
+        model.backward(loss_fn.backward())
+        opt.step()
+        topt.zero_grad()
+        loss_t = TF.cross_entropy(ref(t(x)), torch.from_numpy(labels))
+        loss_t.backward()
+        topt.step()
+        for scheduler in schedulers:
+            scheduler.step()
+        yield step, float(loss), loss_t.item()
+
+
 SGD_SETTINGS = [
     dict(lr=0.1),
     dict(lr=0.05, momentum=0.9),
@@ -318,19 +339,9 @@ def test_sgd_matches_torch_over_several_steps(kwargs):
     ref.load_state_dict(_to_torch_state(model))
     opt = SGD(model.parameters(), **kwargs)
     topt = torch.optim.SGD(ref.parameters(), **kwargs)
-    loss_fn = nn.CrossEntropyLoss()
-    for step in range(5):
-        x = normal(step, (6, 1, 6, 6))
-        labels = labels_for(step + 100, 6, 4)
-        opt.zero_grad()
-        loss = loss_fn(model(x), labels)
-        model.backward(loss_fn.backward())
-        opt.step()
-        topt.zero_grad()
-        lt = TF.cross_entropy(ref(t(x)), torch.from_numpy(labels))
-        lt.backward()
-        topt.step()
-        np.testing.assert_allclose(float(loss), lt.item(), rtol=1e-9, err_msg=f"step {step}")
+    for step, loss, loss_t in _side_by_side(model, ref, opt, topt, (6, 1, 6, 6), 4, steps=5,
+                                            label_seed=100):
+        np.testing.assert_allclose(loss, loss_t, rtol=1e-9, err_msg=f"step {step}")
     theirs = dict(ref.named_parameters())
     for k, p in model.named_parameters():
         np.testing.assert_allclose(p.data, n(theirs[k]), rtol=1e-9, atol=1e-12, err_msg=k)
@@ -365,23 +376,11 @@ def test_bn_example_recipe_matches_torch_step_by_step():
     sched = OneCycleLR(opt, max_lr=0.1, epochs=2, steps_per_epoch=4)
     topt = torch.optim.SGD(ref.parameters(), **recipe)
     tsched = torch.optim.lr_scheduler.OneCycleLR(topt, max_lr=0.1, epochs=2, steps_per_epoch=4)
-    loss_fn = nn.CrossEntropyLoss()
     fused.train()
     ref.train()
-    for step in range(8):
-        x = normal(step, (6, 1, 28, 28))
-        labels = labels_for(step + 50, 6, 10)
-        opt.zero_grad()
-        loss = loss_fn(fused(x), labels)
-        fused.backward(loss_fn.backward())
-        opt.step()
-        sched.step()
-        topt.zero_grad()
-        lt = TF.cross_entropy(ref(t(x)), torch.from_numpy(labels))
-        lt.backward()
-        topt.step()
-        tsched.step()
-        np.testing.assert_allclose(float(loss), lt.item(), rtol=1e-9, err_msg=f"step {step}")
+    for step, loss, loss_t in _side_by_side(fused, ref, opt, topt, (6, 1, 28, 28), 10, steps=8,
+                                            label_seed=50, schedulers=(sched, tsched)):
+        np.testing.assert_allclose(loss, loss_t, rtol=1e-9, err_msg=f"step {step}")
         assert opt.param_groups[0]["momentum"] == pytest.approx(topt.param_groups[0]["momentum"])
     theirs = ref.state_dict()
     for k, v in model.state_dict().items():  # weights, running means and variances, counts
