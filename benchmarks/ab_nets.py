@@ -26,8 +26,14 @@ round in the same process, medians reported), for the tricks of issue 16:
   step, the larger convolution alone: col2im of a sliced "same" convolution by offset
   (``conv.col2im_by_offset``: one flat add per weight position) vs by rows
   (``conv.col2im_block``: the same adds as strided rows);
+* ``winograd-vgg`` / ``winograd-big``: the VGG-style network's step, the larger convolution
+  alone: 3x3 convolutions of 32+ channels on sides that are multiples of 4 by Winograd's
+  F(4x4, 3x3) (``tinynet/fast/winograd.py``) vs by im2col columns;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
   into one convolution) vs the plain model.
+
+Every case but ``winograd-*`` runs with Winograd off, so that it measures the im2col trick it
+names on every layer.
 
     python benchmarks/ab_nets.py                  # every case, 8 rounds
     python benchmarks/ab_nets.py --what sliced --rounds 12
@@ -52,9 +58,10 @@ from bench_nets import tinynet_model  # noqa: E402
 
 CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg", "big-conv",
          "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big", "spaced-rows-big",
-         "images-first", "images-first-vgg", "offset", "offset-vgg", "offset-big"]
+         "images-first", "images-first-vgg", "offset", "offset-vgg", "offset-big",
+         "winograd-vgg", "winograd-big"]
 VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg", "same-rows-vgg",
-             "images-first-vgg", "offset-vgg")  # (the others:
+             "images-first-vgg", "offset-vgg", "winograd-vgg")  # (the others:
 # the BN network)
 
 
@@ -67,6 +74,9 @@ def _switch(what: str) -> tuple:
     if what.startswith("pool-first"):
         return ("pool, then ReLU", "ReLU, then pool",
                 lambda a: setattr(fuse, "_POOL_FIRST", a))
+    if what.startswith("winograd"):
+        return ("Winograd F(4x4, 3x3)", "im2col columns",
+                lambda a: setattr(conv, "_WINOGRAD", a))
     if what.startswith("images-first"):
         return ("images first", "weight positions first",
                 lambda a: setattr(conv, "_IMAGES_FIRST", a))
@@ -105,7 +115,10 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
     opt = tinynet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     way_a, way_b, set_way = _switch(what)
     defaults = (conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS,
-                conv._IMAGES_FIRST, fuse._POOL_FIRST, conv._COL2IM_BY_OFFSET)
+                conv._IMAGES_FIRST, fuse._POOL_FIRST, conv._COL2IM_BY_OFFSET, conv._WINOGRAD)
+
+    if not what.startswith("winograd"):
+        conv._WINOGRAD = False
 
     def run_once(a: bool) -> float:
         set_way(a)
@@ -123,7 +136,7 @@ def ab_steps(what: str, batch_size: int, steps: int, rounds: int, seed: int) -> 
         return _alternate({way_a: True, way_b: False}, rounds, run_once)
     finally:
         (conv._SLICED, conv._DX_BY_CONV, conv._PLAIN_JUNK, conv._SAME_ROWS, conv._IMAGES_FIRST,
-         fuse._POOL_FIRST, conv._COL2IM_BY_OFFSET) = defaults
+         fuse._POOL_FIRST, conv._COL2IM_BY_OFFSET, conv._WINOGRAD) = defaults
 
 
 def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> dict:
@@ -134,7 +147,11 @@ def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> d
     w = (rng.standard_normal((64, 32, 3, 3)) * 0.1).astype(np.float32)
     dy = rng.standard_normal((64, 64, 32, 32)).astype(np.float32)
     way_a, way_b, set_way = _switch("sliced" if what == "big-conv" else what)
-    defaults = conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS, conv._COL2IM_BY_OFFSET
+    defaults = (conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS, conv._COL2IM_BY_OFFSET,
+                conv._WINOGRAD)
+
+    if not what.startswith("winograd"):
+        conv._WINOGRAD = False
 
     def run(a: bool) -> float:
         set_way(a)
@@ -147,7 +164,8 @@ def ab_big_conv(calls: int, rounds: int, seed: int, what: str = "big-conv") -> d
     try:
         return _alternate({way_a: True, way_b: False}, rounds, run)
     finally:
-        conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS, conv._COL2IM_BY_OFFSET = defaults
+        (conv._SLICED, conv._SAME_ROWS, conv._SPACED_ROWS, conv._COL2IM_BY_OFFSET,
+         conv._WINOGRAD) = defaults
 
 
 def ab_fold_eval(calls: int, rounds: int, seed: int) -> dict:
@@ -183,7 +201,7 @@ def main(argv=None) -> int:
     limiter = C.set_threads(args.threads)  # noqa: F841 (kept alive for the whole run)
     results, rows = [], []
     for what in args.what:
-        if what in ("big-conv", "same-rows-big", "spaced-rows-big", "offset-big"):
+        if what in ("big-conv", "same-rows-big", "spaced-rows-big", "offset-big", "winograd-big"):
             label = f"{what}: 32->64 3x3 p1, 32x32, batch 64, forward + backward"
             r = ab_big_conv(1 if args.quick else 5, rounds, args.seed, what)
         elif what == "fold-eval":

@@ -22,11 +22,12 @@ Conv2d+BatchNorm2d(+ReLU(+MaxPool2d)) is one folded convolution in evaluation.
 """
 
 from .. import kernels
-from . import activation, batchnorm, conv, conv_rows, cuda, pooling
+from . import activation, batchnorm, conv, conv_rows, cuda, pooling, winograd
 from .fuse import fuse
 
 kernels.register("conv2d_forward", "cpu", conv.conv2d_forward, conv.conv2d_backward,
-                 (conv.ConvCache, conv_rows.RowsCache, conv.PooledCache, conv.SlicedCache))
+                 (conv.ConvCache, conv_rows.RowsCache, conv.PooledCache, conv.SlicedCache,
+                  winograd.WinogradCache))
 kernels.register("relu_forward", "cpu", activation.relu_forward, activation.relu_backward,
                  (activation.ReluCache,))
 kernels.register("maxpool2d_forward", "cpu", pooling.maxpool2d_forward,

@@ -65,6 +65,7 @@ from .activation import relu_backward_into, relu_in_place
 from .conv_rows import RowsCache, conv2d_rows_backward, rows_convolver
 from .pooling import maxpool2d_backward, maxpool2d_backward_blocks, maxpool2d_forward_blocks
 from .threads import add_blocks, for_batch
+from .winograd import WinogradCache, conv3x3_backward, conv3x3_forward
 
 # inside no_grad, images per slice: one slice's columns hold about this many numbers (2 MB in
 # float32: small enough to stay in a core's cache)
@@ -85,6 +86,10 @@ _SAME_ROWS = True  # (a switch for benchmarks/ab_nets.py: see columns_for)
 _SPACED_ROWS = True  # (a switch for benchmarks/ab_nets.py: see _matrix)
 _IMAGES_FIRST = True  # (a switch for benchmarks/ab_nets.py: see columns_for)
 _COL2IM_BY_OFFSET = True  # (a switch for benchmarks/ab_nets.py: see col2im_by_offset)
+_WINOGRAD = True  # (a switch for benchmarks/ab_nets.py: see _winograd_pays)
+# Winograd's F(4x4, 3x3) (winograd.py) for 3x3 convolutions with at least this many input and
+# output channels (see _winograd_pays)
+_WINOGRAD_MIN_CHANNELS = 32
 
 
 # Training by slices takes the plain layout (no junk columns, strided copies) when more than this
@@ -113,6 +118,19 @@ def _pitch(xp: Any, cols: int, dtype: Any) -> int:
 def _flat_pays(out_width: int, padded_width: int) -> bool:
     """Flat rows (junk columns, contiguous copies) rather than the plain layout, by slices?"""
     return (padded_width - out_width) <= _PLAIN_JUNK * padded_width
+
+
+def _winograd_pays(x: Any, weight: Any, stride: tuple, padding: tuple) -> bool:
+    """Convolve by Winograd's F(4x4, 3x3) (winograd.py) rather than by im2col columns?
+
+    On the CPU, for 3x3 kernels, stride 1, padding 1, images whose sides are multiples of 4 (8 or
+    more) and 32+ channels in and out: the layers where ``benchmarks/probe_winograd.py`` measured
+    it faster, forward + backward, than this file's im2col (docs/speed.md)."""
+    N, C, H, W = x.shape
+    F, _, kh, kw = weight.shape
+    return (_WINOGRAD and (kh, kw) == (3, 3) and stride == (1, 1) and padding == (1, 1)
+            and N > 0 and H % 4 == 0 and W % 4 == 0 and H >= 8 and W >= 8
+            and min(C, F) >= _WINOGRAD_MIN_CHANNELS and backend_of(x).device == "cpu")
 
 
 def _by_rows(kernel: tuple, padded_width: int) -> bool:
@@ -367,6 +385,11 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     if pool is not None:  # (buffers only: each block is pooled once it is convolved)
         pool_block, pooled, pool_cache = maxpool2d_forward_blocks(out, pool[0], pool[1], 0)
 
+    if _winograd_pays(x, weight, stride, padding):
+        cache = conv3x3_forward(x, weight, bias, out, relu, mask, pool_block, keep=training)
+        if pool is None:
+            return out, cache
+        return pooled, (None if cache is None else PooledCache(cache, pool_cache))
     per_image = C * kh * kw * ho * wp
     sliced = training and not by_rows and _SLICED and C * kh * kw >= _SLICED_MIN_ROWS \
         and backend_of(x).device == "cpu"
@@ -437,6 +460,8 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
         cache = cache.conv
     if isinstance(cache, RowsCache):  # convolved by rows (conv_rows.py)
         return conv2d_rows_backward(dy, cache, input_grad)
+    if isinstance(cache, WinogradCache):  # by Winograd's F(4x4, 3x3) (winograd.py)
+        return conv3x3_backward(dy, cache, input_grad, pool_block)
     if isinstance(cache, SlicedCache):
         return _sliced_backward(dy, cache, input_grad, pool_block)
     if cache.images_first:
