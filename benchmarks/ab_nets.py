@@ -26,8 +26,8 @@ round in the same process, medians reported), for the tricks of issue 16:
   step, the larger convolution alone: col2im of a sliced "same" convolution by offset
   (``conv.col2im_by_offset``: one flat add per weight position) vs by rows
   (``conv.col2im_block``: the same adds as strided rows);
-* ``winograd-vgg`` / ``winograd-big``: the VGG-style network's step, the larger convolution
-  alone: 3x3 convolutions of 32+ channels on sides that are multiples of 4 by Winograd's
+* ``winograd`` / ``winograd-vgg`` / ``winograd-big``: the BN network's step, the VGG-style
+  network's step, the larger convolution alone: 3x3 convolutions of 32+ channels by Winograd's
   F(4x4, 3x3) (``tinynet/fast/winograd.py``) vs by im2col columns;
 * ``fold-eval``: evaluation of 1000 images by the fused BN network (Conv+BN+ReLU+pool folded
   into one convolution) vs the plain model.
@@ -59,7 +59,7 @@ from bench_nets import tinynet_model  # noqa: E402
 CASES = ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg", "big-conv",
          "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big", "spaced-rows-big",
          "images-first", "images-first-vgg", "offset", "offset-vgg", "offset-big",
-         "winograd-vgg", "winograd-big"]
+         "winograd", "winograd-vgg", "winograd-big"]
 VGG_CASES = ("sliced-vgg", "dx-conv", "plain", "pool-first-vgg", "same-rows-vgg",
              "images-first-vgg", "offset-vgg", "winograd-vgg")  # (the others:
 # the BN network)

@@ -582,10 +582,11 @@ def test_conv2d_by_slices_keeps_the_input_and_takes_an_empty_batch(sliced):
 # -- Winograd's F(4x4, 3x3) (tinynet/fast/winograd.py) ---------------------------------------------
 @pytest.fixture(params=["slices of 128 tiles", "slices of 3 tiles"])
 def winograd_everywhere(request, monkeypatch):
-    """Winograd for every 3x3 "same" convolution on sides that are multiples of 4 (not only for
-    32+ channels), in its slices of about 128 tiles, or of 3: then a slice is a band of tile
-    rows of one image, and the tiles of two bands overlap."""
+    """Winograd for every 3x3 "same" convolution of sides 8 or more (not only for 32+ channels
+    and sides that 4x4 blocks nearly cover), in its slices of about 128 tiles, or of 3: then a
+    slice is a band of tile rows of one image, and the tiles of two bands overlap."""
     monkeypatch.setattr(conv, "_WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "_WINOGRAD_COVER", 4.0)
     if request.param == "slices of 3 tiles":
         monkeypatch.setattr(winograd, "TILES_PER_SLICE", 3)
     return request.param
@@ -593,14 +594,15 @@ def winograd_everywhere(request, monkeypatch):
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 4), c_in=st.integers(1, 5), c_out=st.integers(1, 5),
-       hw=st.tuples(st.sampled_from([8, 12, 16, 24]), st.sampled_from([8, 12, 20])),
+       hw=st.tuples(st.sampled_from([8, 9, 12, 14, 16, 23]), st.sampled_from([8, 10, 12, 15, 20])),
        has_bias=st.booleans(), seed=st.integers(0, 2**16),
        epilogue=st.sampled_from(["none", "relu", "relu+pool"]))
 def test_winograd_conv2d_matches_naive_loops_and_the_reference(n, c_in, c_out, hw, has_bias,
                                                                seed, epilogue,
                                                                winograd_everywhere):
     """y, dx, dW, db by F(4x4, 3x3) equal the naive loops and the reference kernel (float64),
-    with the ReLU and pooling epilogues, without dx, and under no_grad."""
+    with the ReLU and pooling epilogues, without dx, and under no_grad; on sides that are
+    multiples of 4 and on sides where the last 4x4 blocks hang over the image."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c_in) + hw)
     w = rng.standard_normal((c_out, c_in, 3, 3))
@@ -641,8 +643,8 @@ def test_winograd_conv2d_matches_naive_loops_and_the_reference(n, c_in, c_out, h
     np.testing.assert_allclose(y_eval, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("shape", [(8, 32, 64, 32, 32), (16, 64, 64, 16, 16),
-                                   (16, 128, 128, 8, 8)])
+@pytest.mark.parametrize("shape", [(8, 32, 64, 32, 32), (16, 32, 64, 14, 14),
+                                   (16, 64, 64, 16, 16), (16, 128, 128, 8, 8)])
 def test_winograd_rounding_in_float32_stays_near_1e_5(shape):
     """The price of F(4x4, 3x3) is rounding (its transforms multiply by up to 8): in float32 the
     largest error of y, dx and dW, relative to each array's largest value, stays below 5e-5
@@ -666,8 +668,9 @@ def test_winograd_rounding_in_float32_stays_near_1e_5(shape):
 
 
 def test_winograd_runs_where_the_rule_says_and_nowhere_else():
-    """3x3, stride 1, padding 1, sides multiples of 4 (8+), 32+ channels in and out: Winograd;
-    any other geometry keeps im2col (or rows); the reference mode runs the reference."""
+    """3x3, stride 1, padding 1, sides of 8+ that 4x4 blocks cover with at most 35% to spare,
+    32+ channels in and out: Winograd; any other geometry keeps im2col (or rows); the reference
+    mode runs the reference."""
     rng = np.random.default_rng(0)
 
     def cache_of(x_shape, w_shape, stride=1, padding=1):
@@ -677,8 +680,9 @@ def test_winograd_runs_where_the_rule_says_and_nowhere_else():
 
     assert isinstance(cache_of((2, 32, 16, 16), (32, 32, 3, 3)), winograd.WinogradCache)
     assert isinstance(cache_of((2, 32, 8, 12), (40, 32, 3, 3)), winograd.WinogradCache)
+    assert isinstance(cache_of((2, 32, 14, 14), (64, 32, 3, 3)), winograd.WinogradCache)
     for x_shape, w_shape, stride, padding in [
-            ((2, 32, 14, 14), (64, 32, 3, 3), 1, 1),  # 14 is no multiple of 4
+            ((2, 32, 10, 10), (64, 32, 3, 3), 1, 1),  # 12x12 blocks: 1.44 times the pixels
             ((2, 32, 4, 4), (32, 32, 3, 3), 1, 1),  # smaller than 8
             ((2, 16, 16, 16), (32, 16, 3, 3), 1, 1),  # 16 input channels
             ((2, 32, 16, 16), (16, 32, 3, 3), 1, 1),  # 16 output channels

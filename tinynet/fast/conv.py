@@ -90,6 +90,9 @@ _WINOGRAD = True  # (a switch for benchmarks/ab_nets.py: see _winograd_pays)
 # Winograd's F(4x4, 3x3) (winograd.py) for 3x3 convolutions with at least this many input and
 # output channels (see _winograd_pays)
 _WINOGRAD_MIN_CHANNELS = 32
+# ... and images whose 4x4 blocks cover at most this many times their pixels (14x14: 16x16 =
+# 1.31 times)
+_WINOGRAD_COVER = 1.35
 
 
 # Training by slices takes the plain layout (no junk columns, strided copies) when more than this
@@ -129,8 +132,13 @@ def _winograd_pays(x: Any, weight: Any, stride: tuple, padding: tuple) -> bool:
     N, C, H, W = x.shape
     F, _, kh, kw = weight.shape
     return (_WINOGRAD and (kh, kw) == (3, 3) and stride == (1, 1) and padding == (1, 1)
-            and N > 0 and H % 4 == 0 and W % 4 == 0 and H >= 8 and W >= 8
+            and N > 0 and min(H, W) >= 8 and _covered(H) * _covered(W) <= _WINOGRAD_COVER * H * W
             and min(C, F) >= _WINOGRAD_MIN_CHANNELS and backend_of(x).device == "cpu")
+
+
+def _covered(side: int) -> int:
+    """The pixels that Winograd's 4x4 blocks cover along a side (the last may hang over)."""
+    return -(-side // 4) * 4
 
 
 def _by_rows(kernel: tuple, padded_width: int) -> bool:

@@ -104,6 +104,21 @@ def _slices(lo: int, hi: int, th: int, tw: int) -> list:
     return [(n, min(hi, n + per), 0, th) for n in range(lo, hi, per)]
 
 
+def _places(a: Any, t0: int, t1: int) -> list:
+    """``(r, s, place, i, j)`` for the 16 offsets (r, s) of a 4x4 block: ``place`` the view
+    ``a[:, :, 4*t + r, 4*u + s]`` (tile rows t0 <= t < t1, every tile column u) of an
+    (n, C, H, W) array, where only the first i tile rows and j tile columns fall inside it (the
+    last tiles hang over an image whose sides are no multiples of 4)."""
+    H, W = a.shape[2:]
+    top, bottom = BLOCK * t0, min(BLOCK * t1, H)
+    out = []
+    for r in range(BLOCK):
+        for s in range(BLOCK):
+            place = a[:, :, top + r : bottom : BLOCK, s::BLOCK]
+            out.append((r, s, place, place.shape[2], place.shape[3]))
+    return out
+
+
 def _most_tiles(slices: list, tw: int) -> int:
     return max((n1 - n0) * (t1 - t0) * tw for n0, n1, t0, t1 in slices)
 
@@ -118,7 +133,7 @@ def conv3x3_forward(x: Any, weight: Any, bias: Any, out: Any, relu: bool = False
     xp = backend.xp
     N, C, H, W = x.shape
     F = weight.shape[0]
-    th, tw = H // BLOCK, W // BLOCK
+    th, tw = -(-H // BLOCK), -(-W // BLOCK)  # tiles down and across (the last may hang over)
     G, BK, AK = _matrices(xp, x.dtype)
     # U = G g G^T for every (f, c), as (36, C_out, C_in): row p of the tile, then f, then c
     U = xp.ascontiguousarray((G @ weight @ G.T).transpose(2, 3, 0, 1)).reshape(TILE * TILE, F, C)
@@ -130,7 +145,8 @@ def conv3x3_forward(x: Any, weight: Any, bias: Any, out: Any, relu: bool = False
         most = _most_tiles(slices, tw)
         per = max(n1 - n0 for n0, n1, _, _ in slices)
         # (the role names the image size: its users all write the inside, so the border stays 0)
-        x_pad = scratch(xp, f"winograd.x_pad.{H}x{W}", (per, C, H + 2, W + 2), x.dtype)
+        x_pad = scratch(xp, f"winograd.x_pad.{H}x{W}", (per, C, BLOCK * th + 2, BLOCK * tw + 2),
+                        x.dtype)
         D = scratch(xp, "winograd.D", (TILE * TILE * C * most,), x.dtype)
         M = scratch(xp, "winograd.M", (TILE * TILE * F * most,), x.dtype)
         Y = scratch(xp, "winograd.Y", (BLOCK * BLOCK * F * most,), x.dtype)
@@ -159,11 +175,10 @@ def conv3x3_forward(x: Any, weight: Any, bias: Any, out: Any, relu: bool = False
             if relu:
                 relu_in_place(blocks)
             # each 4x4 block to its place: y[n, f, 4*i + r, 4*j + s] = blocks[r, s, f, (n, i, j)]
+            # (where the last tiles hang over the image, their outside outputs are dropped)
             by_offset = blocks.reshape(BLOCK, BLOCK, F, k, t1 - t0, tw)
-            places = _tiles(backend, out[n0:n1], (th, tw), BLOCK)[:, :, :, :, t0:t1]
-            for r in range(BLOCK):
-                for s in range(BLOCK):
-                    places[r, s] = by_offset[r, s]
+            for r, s, place, i, j in _places(out[n0:n1], t0, t1):
+                place[...] = by_offset[r, s, :, :, :i, :j].transpose(1, 0, 2, 3)
         if mask is not None:  # the ReLU's mask [y > 0], for backward
             xp.greater(out[lo:hi], 0, out=mask[lo:hi])
         if pool_block is not None:
@@ -182,7 +197,7 @@ def conv3x3_backward(dy: Any, cache: WinogradCache, input_grad: bool = True,
     xp = backend.xp
     V_all, weight, (N, C, H, W), has_bias, mask = cache
     F = weight.shape[0]
-    th, tw = H // BLOCK, W // BLOCK
+    th, tw = -(-H // BLOCK), -(-W // BLOCK)
     G, BK, AK = _matrices(xp, dy.dtype)
     # U^T, as (36, C_in, C_out), from the weights as the reference's backward reads them
     U_t = xp.ascontiguousarray((G @ weight @ G.T).transpose(2, 3, 1, 0)).reshape(
@@ -210,16 +225,19 @@ def conv3x3_backward(dy: Any, cache: WinogradCache, input_grad: bool = True,
         db = xp.zeros(F, dy.dtype) if has_bias else None
         if input_grad:
             dV = scratch(xp, "winograd.dV", (TILE * TILE * C * most,), dy.dtype)
-            dx_pad = scratch(xp, f"winograd.dx_pad.{H}x{W}", (per, C, H + 2, W + 2), dy.dtype)
+            dx_pad = scratch(xp, f"winograd.dx_pad.{H}x{W}",
+                             (per, C, BLOCK * th + 2, BLOCK * tw + 2), dy.dtype)
         for n0, n1, t0, t1 in slices:
             k, t = n1 - n0, (n1 - n0) * (t1 - t0) * tw
             # dy's 4x4 blocks, gathered: dY[r, s, f, (n, i, j)]
+            # (zeros where the last tiles hang over the image)
             blocks = Y[: BLOCK * BLOCK * F * t].reshape(BLOCK, BLOCK, F, k, t1 - t0, tw)
-            grads = _tiles(backend, g[n0 - first_image : n1 - first_image], (th, tw),
-                           BLOCK)[:, :, :, :, t0:t1]
-            for r in range(BLOCK):
-                for s in range(BLOCK):
-                    blocks[r, s] = grads[r, s]
+            for r, s, place, i, j in _places(g[n0 - first_image : n1 - first_image], t0, t1):
+                blocks[r, s, :, :, :i, :j] = place.transpose(1, 0, 2, 3)
+                if i < t1 - t0:
+                    blocks[r, s, :, :, i:] = 0
+                if j < tw:
+                    blocks[r, s, :, :, :i, j:] = 0
             blocks = blocks.reshape(BLOCK * BLOCK, F, t)
             if db is not None:
                 db += blocks.sum(axis=(0, 2))
