@@ -134,6 +134,6 @@ def test_ab_nets_quick(tmp_path):
     assert cases == ["sliced", "sliced-vgg", "dx-conv", "plain", "pool-first", "pool-first-vgg",
                      "big-conv", "fold-eval", "same-rows", "same-rows-vgg", "same-rows-big",
                      "spaced-rows-big", "images-first", "images-first-vgg", "offset", "offset-vgg",
-                     "offset-big"]
+                     "offset-big", "winograd", "winograd-vgg", "winograd-big"]
     for r in data["results"]:
         assert len(r["ways"]) == 2 and all(w["median_ms"] > 0 for w in r["ways"].values())
