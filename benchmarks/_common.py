@@ -94,6 +94,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_id() -> str:
+    """"family F model M" from /proc/cpuinfo: two CPUs of one model name ("AMD EPYC" on a virtual
+    machine) may be generations apart (Zen 1 is family 23 model 1, Zen 4 family 25)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+            if not line.strip():  # the first processor's block only
+                break
+    except OSError:
+        pass
+    if len(fields) < 2:
+        return ""
+    return f"family {fields['cpu family']} model {fields['model']}"
+
+
 def machine_info(threads: int) -> dict:
     """CPU, cores, BLAS (from threadpoolctl), versions, date: what a result depends on."""
     from threadpoolctl import threadpool_info
@@ -103,6 +121,7 @@ def machine_info(threads: int) -> dict:
     info = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
+        "cpu_id": _cpu_id(),
         "cores": os.cpu_count(),
         "threads": threads,
         "python": platform.python_version(),
