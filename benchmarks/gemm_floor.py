@@ -14,8 +14,10 @@ at a time, in buffers laid out as its own: ``conv._matrix`` spaces rows that are
 2 KB long, without which a 32x32 layer's products alone ran 1.3x PyTorch's layer instead of
 0.93x), and puts them next to tinynet's whole layer and PyTorch's (oneDNN), forward +
 backward with dx, in one run. ``floor / torch`` above 1 means that no rearrangement of the
-copies can bring that layer to PyTorch's time: only less arithmetic (Winograd; see
-docs/speed.md) or a faster matrix product could.
+copies can bring that layer's im2col to PyTorch's time: only less arithmetic or a faster
+matrix product could. (tinynet's layer is the fast engine's as it runs: since issue 16's sixth
+session, Winograd's F(4x4, 3x3) with 4x fewer multiplications for most of these layers, which
+can run below this floor; see docs/speed.md.)
 
     python benchmarks/gemm_floor.py              # the table, JSON in benchmarks/results/
     python benchmarks/gemm_floor.py --quick      # a few repeats at batch 4: a smoke test

@@ -1,5 +1,8 @@
-"""A tried and dropped trick, kept measurable: Winograd's F(2x2, 3x3) and F(4x4, 3x3) convolutions
-in NumPy.
+"""Winograd's F(2x2, 3x3) and F(4x4, 3x3) convolutions in NumPy, part by part, against im2col.
+
+F(4x4, 3x3) is in the fast engine since issue 16's sixth session (``tinynet/fast/winograd.py``,
+the same steps); this probe keeps both methods measurable part by part, on one thread, so that a
+new machine can show where their time goes (F(2x2, 3x3) was tried and dropped).
 
 A 3x3 convolution (stride 1) computes each 2x2 block of outputs from a 4x4 tile of the padded
 input with 16 multiplications per (input channel, output channel) pair instead of 36
@@ -20,13 +23,13 @@ The price is the transforms: gathering the overlapping tiles, B^T d B, A^T M A, 
 scatter of the blocks, and in backward the overlap-add; in NumPy each is a pass over
 arrays 2-4x the size of the activations (written here as small Kronecker products,
 ``kron(B^T, B^T) @ tiles``, the fastest of the ways tried). This script checks each method
-against the reference kernels (float64) and times it, part by part, next to the fast engine's
-convolution on ONE thread (BLAS on one thread too).
+against the reference kernels (float64) and times it, part by part, next to the fast
+engine's im2col convolution on ONE thread (BLAS on one thread too).
 
     python benchmarks/probe_winograd.py                  # the table, JSON in benchmarks/results/
     python benchmarks/probe_winograd.py --quick          # a smoke test
 
-Why it is not in the fast engine: docs/speed.md ("Tried and dropped").
+The measurements, and where the engine takes F(4x4, 3x3): docs/speed.md.
 """
 
 from __future__ import annotations
@@ -218,10 +221,15 @@ def winograd(x, w, dy, clock: Clock, method: Method = F2) -> tuple:
 
 
 def fast_engine(x, w, dy) -> tuple:
+    """The fast engine's im2col convolution (its Winograd switched off for the call)."""
     from tinynet.fast import conv
 
-    y, cache = conv.conv2d_forward(x, w, None, 1, 1)
-    dx, dw, _ = conv.conv2d_backward(dy, cache)
+    saved, conv._WINOGRAD = conv._WINOGRAD, False
+    try:
+        y, cache = conv.conv2d_forward(x, w, None, 1, 1)
+        dx, dw, _ = conv.conv2d_backward(dy, cache)
+    finally:
+        conv._WINOGRAD = saved
     return y, dx, dw
 
 

@@ -485,18 +485,28 @@ def test_conv2d_trained_by_slices_matches_naive_loops_and_the_reference(geometry
     (with the ReLU and pooling epilogues, and without dx) equal the naive loops, and the
     reference kernel."""
     x, w, b, stride, padding, rng = _conv_inputs(geometry, seed)
-    z = naive_conv2d(x, w, b, stride, padding)
-    relu = epilogue != "none"
-    r = np.maximum(z, 0) if relu else z
-    pool_arg, where = None, None
-    want = r
+    pool_arg = None
     if epilogue == "relu+pool":
-        kernel = (min(pool[0], r.shape[2]), min(pool[1], r.shape[3]))
-        pool_arg = (kernel, pool[1])
-        want, where = naive_maxpool(r, kernel, (pool[1], pool[1]), (0, 0))
+        out_hw = naive_conv2d(x, w, b, stride, padding).shape[2:]
+        pool_arg = ((min(pool[0], out_hw[0]), min(pool[1], out_hw[1])), (pool[1], pool[1]))
+    _check_conv_with_epilogues(x, w, b, stride, padding, rng, epilogue != "none", pool_arg,
+                               conv.SlicedCache, 1e-12)
+
+
+def _check_conv_with_epilogues(x, w, b, stride, padding, rng, relu, pool_arg, cache_type,
+                               reference_tol):
+    """The fast convolution with its epilogues (``relu``; ``pool_arg`` = (kernel, stride) of a
+    max pooling, or None) makes a cache of ``cache_type``, and its y, dx, dW and db equal the
+    naive chain conv -> ReLU -> pool (rtol 1e-10); without dx, dW is the same; with no epilogue,
+    y, dx, dW and db equal the reference kernel's (to ``reference_tol``). Returns the expected
+    output."""
+    z = naive_conv2d(x, w, b, stride, padding)
+    r = np.maximum(z, 0) if relu else z
+    want, where = r, None
+    if pool_arg is not None:
+        want, where = naive_maxpool(r, pool_arg[0], pool_arg[1], (0, 0))
     y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=relu, pool=pool_arg)
-    inner = cache.conv if pool_arg is not None else cache
-    assert isinstance(inner, conv.SlicedCache)
+    assert isinstance(cache.conv if pool_arg is not None else cache, cache_type)
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
     dy = rng.standard_normal(y.shape)
     dx, dw, db = F.conv2d_backward(dy, cache)
@@ -512,12 +522,13 @@ def test_conv2d_trained_by_slices_matches_naive_loops_and_the_reference(geometry
     dx2, dw2, _ = F.conv2d_backward(dy, cache, input_grad=False)
     assert dx2 is None
     np.testing.assert_array_equal(dw2, dw)
-    if epilogue == "none":
+    if not relu and pool_arg is None:
         ry, rcache = R.conv2d_forward(x, w, b, stride, padding)
-        np.testing.assert_allclose(y, ry, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(y, ry, rtol=reference_tol, atol=reference_tol)
         for got, ref in zip((dx, dw, db), R.conv2d_backward(dy, rcache), strict=True):
             if ref is not None:
-                np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(got, ref, rtol=reference_tol, atol=reference_tol)
+    return want
 
 
 @settings(max_examples=30, deadline=None)
@@ -607,36 +618,10 @@ def test_winograd_conv2d_matches_naive_loops_and_the_reference(n, c_in, c_out, h
     x = rng.standard_normal((n, c_in) + hw)
     w = rng.standard_normal((c_out, c_in, 3, 3))
     b = rng.standard_normal(c_out) if has_bias else None
-    z = naive_conv2d(x, w, b, (1, 1), (1, 1))
     relu = epilogue != "none"
-    r = np.maximum(z, 0) if relu else z
-    pool_arg, where, want = None, None, r
-    if epilogue == "relu+pool":
-        pool_arg = ((2, 2), (2, 2))
-        want, where = naive_maxpool(r, (2, 2), (2, 2), (0, 0))
-    y, cache = F.conv2d_forward(x, w, b, 1, 1, relu=relu, pool=pool_arg)
-    assert isinstance(cache.conv if pool_arg else cache, winograd.WinogradCache)
-    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
-    dy = rng.standard_normal(y.shape)
-    dx, dw, db = F.conv2d_backward(dy, cache)
-    dr = dy if where is None else naive_maxpool_backward(dy, where, r.shape)
-    ndx, ndw, ndb = naive_conv2d_backward(dr * (r > 0) if relu else dr, x, w, (1, 1), (1, 1))
-    np.testing.assert_allclose(dx, ndx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, ndw, rtol=1e-10, atol=1e-10)
-    if b is not None:
-        np.testing.assert_allclose(db, ndb, rtol=1e-10, atol=1e-10)
-    else:
-        assert db is None
-    y, cache = F.conv2d_forward(x, w, b, 1, 1, relu=relu, pool=pool_arg)
-    dx2, dw2, _ = F.conv2d_backward(dy, cache, input_grad=False)
-    assert dx2 is None
-    np.testing.assert_array_equal(dw2, dw)
-    if epilogue == "none":
-        ry, rcache = R.conv2d_forward(x, w, b, 1, 1)
-        np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-10)
-        for got, ref in zip((dx, dw, db), R.conv2d_backward(dy, rcache), strict=True):
-            if ref is not None:
-                np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    pool_arg = ((2, 2), (2, 2)) if epilogue == "relu+pool" else None
+    want = _check_conv_with_epilogues(x, w, b, (1, 1), (1, 1), rng, relu, pool_arg,
+                                      winograd.WinogradCache, 1e-10)
     with tinynet.no_grad():
         y_eval, cache_eval = F.conv2d_forward(x, w, b, 1, 1, relu=relu, pool=pool_arg)
     assert cache_eval is None

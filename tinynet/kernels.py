@@ -6,8 +6,9 @@ Every module in :mod:`tinynet.nn` (and the SGD optimizer) calls its math through
 * the **reference kernel** ``tinynet.functional.conv2d_forward``: short textbook code, the one a
   learner reads, the oracle of every test; or
 * the **fast engine's** twin (:mod:`tinynet.fast`), when it registered one for the array's device
-  and the fast kernels are on (the default). Each fast kernel computes the same numbers and is
-  tested equal to its reference.
+  and the fast kernels are on (the default). Each fast kernel computes the same numbers (to
+  rounding: sums in another order, or for 3x3 convolutions of 32+ channels Winograd's algorithm)
+  and is tested equal to its reference.
 
 Switch the whole framework to the reference kernels with the environment variable
 ``TINYNET_KERNELS=reference`` (``fast`` is the default), for a block of code with

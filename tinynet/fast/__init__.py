@@ -4,12 +4,15 @@ What a learner reads is the reference (``tinynet/functional/``); what runs by de
 the dispatcher (:mod:`tinynet.kernels`): the twin registered here for the array's device, or the
 reference where there is none. ``tinynet.use_reference()`` or ``TINYNET_KERNELS=reference``
 switches every call back to the reference. Each twin computes the same numbers as its
-reference and is tested equal to it (``tests/test_fast_engine.py``).
+reference (to rounding) and is tested equal to it (``tests/test_fast_engine.py``).
 
 On the CPU (NumPy):
     * ``conv.py``, ``conv_rows.py``: convolution by flat-row columns, by rows and a banded weight
       matrix for narrow images, per-image dW for few-row columns, evaluation and (for columns of
       64+ rows) training in cache-sized slices;
+    * ``winograd.py``: 3x3 convolutions of 32+ channels (stride 1, padding 1) by Winograd's
+      F(4x4, 3x3), 4x fewer multiplications (equal to the reference to rounding, about 1e-5 of
+      the largest value in float32);
     * ``pooling.py``: max pooling by running maxima over offset slices;
     * ``activation.py``: ReLU against a zero array;
     * ``batchnorm.py``: batch normalisation in few passes over memory, one block per thread;

@@ -46,6 +46,9 @@ The math and the shapes are in the reference kernel's docstring; here is only wh
   that slice's dW, db and dx at once. For a stride-1 layer with C_out <= C_in, dx is the
   convolution of dy with the flipped kernel (no col2im); where flat rows would be more than 15%
   junk columns (8x8 images, and no same rows), the plain layout.
+* **Winograd's F(4x4, 3x3)** for 3x3 convolutions with stride 1 and padding 1, 32+ channels in
+  and out, on images of 8+ pixels a side that 4x4 blocks cover with at most 35% to spare
+  (``winograd.py``; ``_winograd_pays``): 4x fewer multiplications, in training and evaluation.
 * **Recycled buffers** (``_recycle.scratch``): fresh multi-megabyte arrays cost page faults.
 * **Product buffers off 2 KB** (``_matrix``): an operand whose rows are a multiple of 2 KB long
   (1024 float32: every 32x32 image) gets rows 64 bytes wider; OpenBLAS ran such products 10-25%
@@ -98,7 +101,9 @@ _WINOGRAD_COVER = 1.35
 # Training by slices takes the plain layout (no junk columns, strided copies) when more than this
 # share of the flat rows' columns would be junk (W_pad - W_out of every W_pad). Forward + backward
 # at batch 128, plain / flat: 0.92 for 128->128 on 8x8 (20% junk), 0.95 for 64->128 on 8x8, but
-# 1.05 on 16x16 (11%), 1.07 on 14x14 (12.5%), 1.27 on 32x32 (6%)
+# 1.05 on 16x16 (11%), 1.07 on 14x14 (12.5%), 1.27 on 32x32 (6%). Evaluation too: the course
+# network's conv2 (5x5 on 12x12, 33% junk) with its ReLU and pooling at batch 1000, plain / flat
+# 0.884 and 0.907 on the sixth issue-16 session's Zen 1 (in-process A/B, one-off)
 _PLAIN_JUNK = 0.15
 
 
@@ -401,7 +406,8 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     per_image = C * kh * kw * ho * wp
     sliced = training and not by_rows and _SLICED and C * kh * kw >= _SLICED_MIN_ROWS \
         and backend_of(x).device == "cpu"
-    flat = not sliced or _flat_pays(wo, wp)
+    # (evaluation and training by slices: the plain layout where flat rows would be mostly junk)
+    flat = _flat_pays(wo, wp) if sliced or not training else True
     if not training or sliced:
         # evaluation (and training by slices): no columns are kept, so each thread convolves its
         # images a slice at a time through buffers for one slice (on the GPU the whole batch is
