@@ -131,9 +131,10 @@ def _flat_pays(out_width: int, padded_width: int) -> bool:
 def _winograd_pays(x: Any, weight: Any, stride: tuple, padding: tuple) -> bool:
     """Convolve by Winograd's F(4x4, 3x3) (winograd.py) rather than by im2col columns?
 
-    On the CPU, for 3x3 kernels, stride 1, padding 1, images whose sides are multiples of 4 (8 or
-    more) and 32+ channels in and out: the layers where ``benchmarks/probe_winograd.py`` measured
-    it faster, forward + backward, than this file's im2col (docs/speed.md)."""
+    On the CPU, for 3x3 kernels, stride 1, padding 1, 32+ channels in and out, and images of 8+
+    pixels a side that 4x4 blocks cover with at most 35% to spare (8x8, 16x16, 32x32, 14x14): the
+    layers where ``benchmarks/probe_winograd.py`` and ``benchmarks/ab_nets.py`` measured it
+    faster, forward + backward, than this file's im2col (docs/speed.md)."""
     N, C, H, W = x.shape
     F, _, kh, kw = weight.shape
     return (_WINOGRAD and (kh, kw) == (3, 3) and stride == (1, 1) and padding == (1, 1)
@@ -406,8 +407,6 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
     per_image = C * kh * kw * ho * wp
     sliced = training and not by_rows and _SLICED and C * kh * kw >= _SLICED_MIN_ROWS \
         and backend_of(x).device == "cpu"
-    # (evaluation and training by slices: the plain layout where flat rows would be mostly junk)
-    flat = _flat_pays(wo, wp) if sliced or not training else True
     if not training or sliced:
         # evaluation (and training by slices): no columns are kept, so each thread convolves its
         # images a slice at a time through buffers for one slice (on the GPU the whole batch is
@@ -420,8 +419,9 @@ def conv2d_forward(x: Any, weight: Any, bias: Any = None, stride: Any = 1, paddi
             for n0 in range(lo, hi, step):
                 n1 = min(n0 + step, hi)
                 if n1 - n0 not in convolvers:
+                    # (the plain layout where flat rows would be mostly junk)
                     convolvers[n1 - n0] = _convolver(x[n0:n1], w2d, bias, *geometry, relu,
-                                                     flat=flat)[0]
+                                                     flat=_flat_pays(wo, wp))[0]
                 convolvers[n1 - n0](x[n0:n1], out[n0:n1])
                 if mask is not None:  # the ReLU's mask [y > 0], for backward
                     xp.greater(out[n0:n1], 0, out=mask[n0:n1])
