@@ -8,11 +8,11 @@ passes the same checks, so a check that always fails would show.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 from hypothesis import given, settings
+from script_loader import load_script
 from strategies import seeds
 
 import tinynet
@@ -255,11 +255,7 @@ def test_the_table_has_one_row_per_report_and_explains_the_forward_bug():
 # The example
 # ----------------------------------------------------------------------------------------------
 def load_example(name: str):
-    path = EXAMPLES / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py", f"example_{name}")
 
 
 def test_example_06_runs_and_reports_what_it_caught(capsys):

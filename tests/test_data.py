@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import importlib.util
 import json
 import math
 import re
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from script_loader import load_script
 
 import tinynet
 from tinynet import backend
@@ -565,11 +565,7 @@ def test_normalisation_constants_match_the_training_images(real):
 
 @needs_real
 def test_sample_is_the_scripts_selection(real):
-    spec = importlib.util.spec_from_file_location(
-        "make_sample", REPO / "scripts" / "make_fashion_mnist_sample.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(REPO / "scripts" / "make_fashion_mnist_sample.py", "make_sample")
     indices = script.sample_indices(real["train"].labels, real["test"].labels)
     for split, train in (("train", True), ("test", False)):
         sample = FashionMNIST(train=train, sample=True)

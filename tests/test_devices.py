@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 import tinynet
 import tinynet.functional as F
@@ -46,10 +47,8 @@ def simulated_cuda():
     if not SIMULATED:
         yield
         return
-    spec = importlib.util.spec_from_file_location(
-        "_strict_xp", pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"))
-    strict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(strict)
+    strict = load_script(pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"),
+                         "_strict_xp")
     with strict.simulated_cuda_device():  # (it runs the reference kernels)
         yield
 

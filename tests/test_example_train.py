@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 import tinynet
 from tinynet.data import DatasetNotFoundError
@@ -21,10 +21,7 @@ SCRIPT = ROOT / "examples" / "train_fashion_mnist.py"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_fashion_mnist_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "train_fashion_mnist_example")
 
 
 def _quick(out, *extra):
@@ -160,10 +157,8 @@ def test_plot_flag_saves_three_pngs(example, tmp_path):
 def test_bn_example_runs_on_a_limited_sample(tmp_path, capsys):
     """examples/train_fashion_mnist_bn.py: --limit reaches the loader; one epoch trains and
     saves a checkpoint with the BatchNorm buffers."""
-    path = ROOT / "examples" / "train_fashion_mnist_bn.py"
-    spec = importlib.util.spec_from_file_location("train_fashion_mnist_bn_example", path)
-    bn_example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bn_example)
+    bn_example = load_script(ROOT / "examples" / "train_fashion_mnist_bn.py",
+                             "train_fashion_mnist_bn_example")
     assert bn_example.main(["--data", "sample", "--limit", "256", "--epochs", "1",
                             "--batch-size", "64", "--no-progress", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
+from script_loader import load_script
 
 import tinynet
 
@@ -15,11 +15,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def load_example(name: str):
     """Import examples/<name>.py as a module (its file name starts with a digit)."""
-    path = EXAMPLES / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py", f"example_{name}")
 
 
 def test_01_tensors(capsys):

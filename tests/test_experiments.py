@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from script_loader import load_script
 
 import tinynet
 from tinynet import nn
@@ -290,11 +290,7 @@ def test_plot_runs_draws_every_run(tmp_path):
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def compare_runs():
-    spec = importlib.util.spec_from_file_location("compare_runs_example",
-                                                  ROOT / "examples" / "compare_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "compare_runs.py", "compare_runs_example")
 
 
 def test_the_command_line_on_a_tiny_setting(compare_runs, tmp_path, capsys):

@@ -8,7 +8,6 @@ each module's dL/dX by a module-by-module loop written in this file.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from script_loader import load_script
 from strategies import conv_configs, kink_free, labels_for, seeds
 
 import tinynet
@@ -327,9 +327,7 @@ def test_command_line_writes_markdown_to_a_file(tmp_path, capsys):
 
 
 def test_example_runs(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("example_04", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script(EXAMPLE, "example_04")
     assert example.main(["--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "== 0: Conv2d" in out and "worked entries match" in out

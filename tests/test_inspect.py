@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from script_loader import load_script
 from strategies import conv_configs, course_network
 
 import tinynet
@@ -287,13 +288,10 @@ def test_summary_beyond_the_course_modules():
 def simulated_cuda():
     """A stand-in 'cuda' device whose arrays raise when NumPy is used on them directly or host
     arrays are mixed in, as CuPy does (see tests/test_no_numpy_in_layers.py)."""
-    import importlib.util
     import pathlib
 
-    spec = importlib.util.spec_from_file_location(
-        "_strict_xp_inspect", pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"))
-    strict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(strict)
+    strict = load_script(pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"),
+                         "_strict_xp_inspect")
     with strict.simulated_cuda_device() as device:
         yield device
 

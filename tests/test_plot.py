@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 pytest.importorskip("matplotlib")
 
@@ -147,15 +148,12 @@ def test_clear_error_without_matplotlib(monkeypatch):
 
 def test_plots_of_a_model_on_a_simulated_gpu(tmp_path, monkeypatch, test_data):
     """A model on 'cuda' (a stand-in device that rejects host arrays, as CuPy does)."""
-    import importlib.util
     import pathlib
 
     from tinynet import backend as B
 
-    spec = importlib.util.spec_from_file_location(
-        "_strict_xp_plot", pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"))
-    strict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(strict)
+    strict = load_script(pathlib.Path(__file__).with_name("test_no_numpy_in_layers.py"),
+                         "_strict_xp_plot")
     backend = strict.StrictBackend("cuda", strict.SimulatedCudaArray)
     monkeypatch.setitem(B._backends, "cuda", backend)
     tinynet.manual_seed(0)

@@ -6,13 +6,13 @@ network end to end; SGD over several steps; state dicts moved both ways; reprs.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from script_loader import load_script
 from strategies import (
     COURSE_INPUT,
     COURSE_KEYS,
@@ -351,10 +351,7 @@ def _torch_bn_benchmark():
     """benchmarks/torch_fashion_mnist_bn.py as a module: the PyTorch twin of the BN example's
     model that the 18-epoch comparison runs (it imports ``bn_cnn`` from the example itself)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_fashion_mnist_bn.py"
-    spec = importlib.util.spec_from_file_location("torch_fashion_mnist_bn", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "torch_fashion_mnist_bn")
 
 
 def test_bn_example_recipe_matches_torch_step_by_step():
