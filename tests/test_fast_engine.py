@@ -488,7 +488,7 @@ def test_conv2d_trained_by_slices_matches_naive_loops_and_the_reference(geometry
     pool_arg = None
     if epilogue == "relu+pool":
         out_hw = naive_conv2d(x, w, b, stride, padding).shape[2:]
-        pool_arg = ((min(pool[0], out_hw[0]), min(pool[1], out_hw[1])), (pool[1], pool[1]))
+        pool_arg = ((min(pool[0], out_hw[0]), min(pool[1], out_hw[1])), pool[1])
     _check_conv_with_epilogues(x, w, b, stride, padding, rng, epilogue != "none", pool_arg,
                                conv.SlicedCache, 1e-12)
 
@@ -496,15 +496,16 @@ def test_conv2d_trained_by_slices_matches_naive_loops_and_the_reference(geometry
 def _check_conv_with_epilogues(x, w, b, stride, padding, rng, relu, pool_arg, cache_type,
                                reference_tol):
     """The fast convolution with its epilogues (``relu``; ``pool_arg`` = (kernel, stride) of a
-    max pooling, or None) makes a cache of ``cache_type``, and its y, dx, dW and db equal the
-    naive chain conv -> ReLU -> pool (rtol 1e-10); without dx, dW is the same; with no epilogue,
-    y, dx, dW and db equal the reference kernel's (to ``reference_tol``). Returns the expected
-    output."""
+    max pooling, the stride an int or a pair, or None) makes a cache of ``cache_type``, and its
+    y, dx, dW and db equal the naive chain conv -> ReLU -> pool (rtol 1e-10); without dx, dW is
+    the same; with no epilogue, y, dx, dW and db equal the reference kernel's (to
+    ``reference_tol``). Returns the expected output."""
     z = naive_conv2d(x, w, b, stride, padding)
     r = np.maximum(z, 0) if relu else z
     want, where = r, None
     if pool_arg is not None:
-        want, where = naive_maxpool(r, pool_arg[0], pool_arg[1], (0, 0))
+        p_stride = pool_arg[1] if isinstance(pool_arg[1], tuple) else (pool_arg[1],) * 2
+        want, where = naive_maxpool(r, pool_arg[0], p_stride, (0, 0))
     y, cache = F.conv2d_forward(x, w, b, stride, padding, relu=relu, pool=pool_arg)
     assert isinstance(cache.conv if pool_arg is not None else cache, cache_type)
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)

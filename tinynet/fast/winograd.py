@@ -84,6 +84,14 @@ def _matrices(xp: Any, dtype: Any) -> tuple:
     return xp.asarray(_G, dtype=dtype), xp.kron(b_t, b_t), xp.kron(a_t, a_t)
 
 
+def _transformed_weights(xp: Any, G: Any, weight: Any) -> Any:
+    """``U = G g G^T`` for every (f, c) of ``weight`` (C_out, C_in, 3, 3), as (36, C_out, C_in):
+    position p of the 6x6 tile, then f, then c."""
+    F, C = weight.shape[:2]
+    return xp.ascontiguousarray((G @ weight @ G.T).transpose(2, 3, 0, 1)).reshape(
+        TILE * TILE, F, C)
+
+
 def _tiles(backend: Any, a: Any, tiles: tuple, size: int) -> Any:
     """The view ``[r, s, c, n, i, j] = a[n, c, 4*i + r, 4*j + s]`` of an (n, C, H, W) array:
     its size x size tiles (6 for the padded input, 4 for the output's blocks), one every 4
@@ -135,8 +143,7 @@ def conv3x3_forward(x: Any, weight: Any, bias: Any, out: Any, relu: bool = False
     F = weight.shape[0]
     th, tw = -(-H // BLOCK), -(-W // BLOCK)  # tiles down and across (the last may hang over)
     G, BK, AK = _matrices(xp, x.dtype)
-    # U = G g G^T for every (f, c), as (36, C_out, C_in): row p of the tile, then f, then c
-    U = xp.ascontiguousarray((G @ weight @ G.T).transpose(2, 3, 0, 1)).reshape(TILE * TILE, F, C)
+    U = _transformed_weights(xp, G, weight)
     V_all = scratch(xp, "winograd.V", (TILE * TILE * C * N * th * tw,), x.dtype) if keep else None
     bias_column = None if bias is None else bias.reshape(F, 1)
 
@@ -200,8 +207,7 @@ def conv3x3_backward(dy: Any, cache: WinogradCache, input_grad: bool = True,
     th, tw = -(-H // BLOCK), -(-W // BLOCK)
     G, BK, AK = _matrices(xp, dy.dtype)
     # U^T, as (36, C_in, C_out), from the weights as the reference's backward reads them
-    U_t = xp.ascontiguousarray((G @ weight @ G.T).transpose(2, 3, 1, 0)).reshape(
-        TILE * TILE, C, F)
+    U_t = xp.ascontiguousarray(_transformed_weights(xp, G, weight).transpose(0, 2, 1))
     BK_t, AK_t = xp.ascontiguousarray(BK.T), xp.ascontiguousarray(AK.T)
     dx = scratch(xp, "winograd.dx", (N, C, H, W), dy.dtype) if input_grad else None
 
