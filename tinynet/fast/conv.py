@@ -488,7 +488,7 @@ def conv2d_backward(dy: Any, cache: Any, input_grad: bool = True):
 
     # dY laid out like the columns: (C_out, N*L); for flat rows, rows of length W_pad with zeros
     # in the junk columns (a recycled buffer of this role only ever had its valid columns written)
-    dY = _matrix(xp, f"conv.dy_rows.{wo}", F, cols.shape[1], dy.dtype)
+    dY = _matrix(xp, f"conv.dy_rows.{wo}.{pitch}", F, cols.shape[1], dy.dtype)
     dy_rows = dY.reshape(F, N, ho, pitch or wo)
     if input_grad:
         w2d_t = weight.reshape(F, C * kh * kw).T
@@ -620,7 +620,7 @@ def _sliced_backward(dy: Any, cache: SlicedCache, input_grad: bool, pool_block: 
                 pitch = columns.row_pitch
                 # dY laid out like the columns (zeros in the junk columns: only the valid ones
                 # of a buffer of this role are ever written)
-                dY = _matrix(xp, f"conv.dy_rows.{wo}", F, columns.cols.shape[1], dy.dtype)
+                dY = _matrix(xp, f"conv.dy_rows.{wo}.{pitch}", F, columns.cols.shape[1], dy.dtype)
                 if not input_grad:
                     extra = None
                 elif w_flipped is not None:  # dx by a convolution of dy (buffers of its own)
